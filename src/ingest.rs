@@ -1,0 +1,363 @@
+//! Ingest: any file or URI that `uridecodebin` can play becomes a stream of RGB [`Frame`]s.
+//!
+//! The pipeline is `uridecodebin ! videoconvert ! video/x-raw,format=RGB ! appsink`. The appsink
+//! keeps a short queue and never drops, so a file source blocks at the speed of the slowest
+//! stage instead of losing frames. Non-video pads (audio, subtitles) are sent to a `fakesink`.
+//!
+//! ```no_run
+//! use edgesight::ingest::{Decoder, Next};
+//! # fn main() -> Result<(), edgesight::ingest::IngestError> {
+//! let uri = edgesight::ingest::resolve_input("assets/vtest.avi")?;
+//! let mut dec = Decoder::open(&uri, "vtest".into())?;
+//! while let Next::Frame(frame) = dec.next(std::time::Duration::from_millis(100))? {
+//!     println!("frame {} at {:?}", frame.number, frame.pts);
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+
+use crate::frame::{Frame, FrameError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("{0}: no such file")]
+    NotFound(String),
+    #[error("GStreamer could not start: {0}")]
+    Init(String),
+    #[error("{source_name}: cannot be opened as video: {reason}")]
+    Open { source_name: String, reason: String },
+    #[error("{source_name}: decoding failed after {frames} frames: {reason}")]
+    Stream {
+        source_name: String,
+        frames: u64,
+        reason: String,
+    },
+    #[error("{source_name}: {err}")]
+    Frame {
+        source_name: String,
+        #[source]
+        err: FrameError,
+    },
+}
+
+/// Turns a CLI argument into a URI: `scheme://...` passes through, anything else must be an
+/// existing file.
+pub fn resolve_input(input: &str) -> Result<String, IngestError> {
+    if input.contains("://") {
+        return Ok(input.to_string());
+    }
+    let path = Path::new(input);
+    if !path.is_file() {
+        return Err(IngestError::NotFound(input.to_string()));
+    }
+    let abs = path
+        .canonicalize()
+        .map_err(|_| IngestError::NotFound(input.to_string()))?;
+    gst::glib::filename_to_uri(&abs, None)
+        .map(|u| u.to_string())
+        .map_err(|e| IngestError::Open {
+            source_name: input.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+/// Hides credentials in a URI before it reaches a log or an output file:
+/// `rtsp://user:pass@cam/stream` becomes `rtsp://***@cam/stream`.
+pub fn redact(uri: &str) -> String {
+    if let Some(scheme_end) = uri.find("://") {
+        let rest = &uri[scheme_end + 3..];
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            return format!("{}://***@{}", &uri[..scheme_end], &rest[at + 1..]);
+        }
+    }
+    uri.to_string()
+}
+
+/// A short stream name for events and logs: the file name for files, the redacted URI otherwise.
+pub fn stream_name(uri: &str) -> String {
+    if let Ok((path, _)) = gst::glib::filename_from_uri(uri) {
+        if let Some(name) = path.file_name() {
+            return name.to_string_lossy().into_owned();
+        }
+    }
+    redact(uri)
+}
+
+/// What [`Decoder::next`] found.
+#[derive(Debug)]
+pub enum Next {
+    Frame(Frame),
+    /// Nothing within the timeout; the stream is still alive.
+    Pending,
+    /// The stream ended cleanly.
+    Eos,
+}
+
+pub struct Decoder {
+    pipeline: gst::Pipeline,
+    appsink: gst_app::AppSink,
+    stream: Arc<str>,
+    display: String,
+    next_number: u64,
+    total_frames: Option<u64>,
+    fps: Option<f64>,
+    size: (u32, u32),
+}
+
+fn init() -> Result<(), IngestError> {
+    gst::init().map_err(|e| IngestError::Init(e.to_string()))
+}
+
+impl Decoder {
+    /// Builds the pipeline and waits for the first frame to preroll, so that a file that is
+    /// not video fails here, with its name, rather than somewhere downstream.
+    pub fn open(uri: &str, stream: Arc<str>) -> Result<Self, IngestError> {
+        init()?;
+        let redacted = redact(uri);
+        let open_err = |reason: String| IngestError::Open {
+            source_name: redacted.clone(),
+            reason,
+        };
+        let pipeline = gst::Pipeline::with_name(&format!("ingest-{stream}"));
+        let make = |factory: &str| {
+            gst::ElementFactory::make(factory)
+                .build()
+                .map_err(|e| open_err(format!("missing GStreamer element {factory}: {e}")))
+        };
+        let src = gst::ElementFactory::make("uridecodebin")
+            .property("uri", uri)
+            .build()
+            .map_err(|e| open_err(format!("missing GStreamer element uridecodebin: {e}")))?;
+        let convert = make("videoconvert")?;
+        let caps = gst::Caps::builder("video/x-raw")
+            .field("format", "RGB")
+            .build();
+        let appsink = gst_app::AppSink::builder()
+            .caps(&caps)
+            .sync(false)
+            .max_buffers(4)
+            .drop(false)
+            .build();
+        pipeline
+            .add_many([&src, &convert, appsink.upcast_ref()])
+            .map_err(|e| open_err(e.to_string()))?;
+        convert
+            .link(&appsink)
+            .map_err(|e| open_err(e.to_string()))?;
+
+        let video_linked = Arc::new(AtomicBool::new(false));
+        {
+            let convert = convert.clone();
+            let pipeline_weak = pipeline.downgrade();
+            let video_linked = video_linked.clone();
+            src.connect_pad_added(move |_, pad| {
+                let is_video = pad
+                    .current_caps()
+                    .or_else(|| Some(pad.query_caps(None)))
+                    .and_then(|c| c.structure(0).map(|s| s.name().starts_with("video/")))
+                    .unwrap_or(false);
+                if is_video && !video_linked.load(Ordering::SeqCst) {
+                    if let Some(sink) = convert.static_pad("sink") {
+                        if pad.link(&sink).is_ok() {
+                            video_linked.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                }
+                // Audio, subtitles or a second video stream: drain it so it cannot stall
+                // the demuxer.
+                if let Some(pipeline) = pipeline_weak.upgrade() {
+                    if let Ok(sink) = gst::ElementFactory::make("fakesink")
+                        .property("sync", false)
+                        .property("async", false)
+                        .build()
+                    {
+                        if pipeline.add(&sink).is_ok() {
+                            let _ = sink.sync_state_with_parent();
+                            if let Some(sinkpad) = sink.static_pad("sink") {
+                                let _ = pad.link(&sinkpad);
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        {
+            let video_linked = video_linked.clone();
+            src.connect_no_more_pads(move |src| {
+                if !video_linked.load(Ordering::SeqCst) {
+                    gst::element_error!(
+                        src,
+                        gst::StreamError::WrongType,
+                        ("no video stream found")
+                    );
+                }
+            });
+        }
+
+        let bus = pipeline.bus().expect("a pipeline has a bus");
+        pipeline
+            .set_state(gst::State::Paused)
+            .map_err(|_| open_err(first_error(&bus).unwrap_or_else(|| "cannot start".into())))?;
+        // Preroll: the first frame is decoded (or the pipeline fails) before we go on.
+        loop {
+            let msg = bus.timed_pop_filtered(
+                gst::ClockTime::from_seconds(30),
+                &[
+                    gst::MessageType::AsyncDone,
+                    gst::MessageType::Error,
+                    gst::MessageType::Eos,
+                ],
+            );
+            match msg.as_ref().map(|m| m.view()) {
+                Some(gst::MessageView::AsyncDone(_)) => break,
+                Some(gst::MessageView::Error(e)) => {
+                    let _ = pipeline.set_state(gst::State::Null);
+                    return Err(open_err(describe_error(e)));
+                }
+                Some(gst::MessageView::Eos(_)) => {
+                    let _ = pipeline.set_state(gst::State::Null);
+                    return Err(open_err("stream holds no video frames".into()));
+                }
+                Some(_) => continue,
+                None => {
+                    let _ = pipeline.set_state(gst::State::Null);
+                    return Err(open_err("timed out waiting for the first frame".into()));
+                }
+            }
+        }
+
+        let (mut size, mut fps) = ((0, 0), None);
+        if let Some(caps) = appsink.static_pad("sink").and_then(|p| p.current_caps()) {
+            if let Ok(info) = gstreamer_video::VideoInfo::from_caps(&caps) {
+                size = (info.width(), info.height());
+                let fr = info.fps();
+                if fr.numer() > 0 && fr.denom() > 0 {
+                    fps = Some(fr.numer() as f64 / fr.denom() as f64);
+                }
+            }
+        }
+        let total_frames = match (pipeline.query_duration::<gst::ClockTime>(), fps) {
+            (Some(d), Some(f)) => Some((d.nseconds() as f64 / 1e9 * f).round() as u64),
+            _ => None,
+        };
+        pipeline
+            .set_state(gst::State::Playing)
+            .map_err(|_| open_err(first_error(&bus).unwrap_or_else(|| "cannot play".into())))?;
+        tracing::info!(source = %redacted, ?size, ?fps, ?total_frames, "opened");
+        Ok(Self {
+            pipeline,
+            appsink,
+            stream,
+            display: redacted,
+            next_number: 0,
+            total_frames,
+            fps,
+            size,
+        })
+    }
+
+    /// Frames the container announces (duration × rate); `None` for live or unknown length.
+    pub fn total_frames(&self) -> Option<u64> {
+        self.total_frames
+    }
+
+    pub fn fps(&self) -> Option<f64> {
+        self.fps
+    }
+
+    pub fn size(&self) -> (u32, u32) {
+        self.size
+    }
+
+    pub fn stream(&self) -> &Arc<str> {
+        &self.stream
+    }
+
+    /// The source, with any credentials hidden.
+    pub fn display_name(&self) -> &str {
+        &self.display
+    }
+
+    /// Frames delivered so far.
+    pub fn frames(&self) -> u64 {
+        self.next_number
+    }
+
+    /// Waits up to `timeout` for the next frame. An error after some frames (a truncated file)
+    /// says how many frames came before it; those frames were all delivered.
+    pub fn next(&mut self, timeout: Duration) -> Result<Next, IngestError> {
+        let t = gst::ClockTime::from_nseconds(timeout.as_nanos() as u64);
+        if let Some(sample) = self.appsink.try_pull_sample(t) {
+            let frame = Frame::from_sample(&sample, self.stream.clone(), self.next_number)
+                .map_err(|err| IngestError::Frame {
+                    source_name: self.display.clone(),
+                    err,
+                })?;
+            self.next_number += 1;
+            return Ok(Next::Frame(frame));
+        }
+        let bus = self.pipeline.bus().expect("a pipeline has a bus");
+        if let Some(reason) = first_error(&bus) {
+            return Err(IngestError::Stream {
+                source_name: self.display.clone(),
+                frames: self.next_number,
+                reason,
+            });
+        }
+        if self.appsink.is_eos() {
+            return Ok(Next::Eos);
+        }
+        Ok(Next::Pending)
+    }
+}
+
+impl Drop for Decoder {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+fn describe_error(e: &gst::message::Error) -> String {
+    match e.debug() {
+        Some(d) if !d.is_empty() => {
+            // GStreamer's debug strings carry source paths and element names; the last line is
+            // the useful part.
+            let detail = d.lines().last().unwrap_or("").trim();
+            format!("{} ({})", e.error(), detail)
+        }
+        _ => e.error().to_string(),
+    }
+}
+
+fn first_error(bus: &gst::Bus) -> Option<String> {
+    bus.pop_filtered(&[gst::MessageType::Error])
+        .and_then(|m| match m.view() {
+            gst::MessageView::Error(e) => Some(describe_error(e)),
+            _ => None,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_credentials() {
+        assert_eq!(
+            redact("rtsp://admin:secret@10.0.0.5:554/live"),
+            "rtsp://***@10.0.0.5:554/live"
+        );
+        assert_eq!(redact("rtsp://cam/live"), "rtsp://cam/live");
+        assert_eq!(redact("file:///tmp/a@b.mp4"), "file:///tmp/a@b.mp4");
+    }
+}

@@ -1,0 +1,18 @@
+//! edgesight: real-time video analytics on edge devices.
+//!
+//! Data flows one way, one module per step:
+//! [`ingest`] → [`preprocess`] → [`engine`] → [`models`] (decode) → [`sinks`], wired by
+//! [`pipeline`].
+
+pub mod bench;
+pub mod config;
+pub mod detection;
+pub mod engine;
+pub mod frame;
+pub mod ingest;
+pub mod models;
+pub mod pipeline;
+pub mod preprocess;
+pub mod sinks;
+pub mod stats;
+pub mod tensor;

@@ -1,0 +1,124 @@
+//! Model manifests: `models/<name>.toml`.
+//!
+//! ```toml
+//! name = "ssd-mobilenet-v2"
+//! family = "ssd"
+//! file = "cache/ssd_mobilenet_v2_coco_quant_postprocess.onnx"   # relative to this file
+//! labels = "cache/coco_labels.txt"
+//! score_threshold = 0.5
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// TFLite-style SSD with NMS in the graph: boxes, classes, scores, count.
+    Ssd,
+    /// Ultralytics YOLOv8/11 detection export: `[B, 4 + classes, anchors]`.
+    Yolov8,
+}
+
+fn default_score() -> f32 {
+    0.5
+}
+fn default_iou() -> f32 {
+    0.45
+}
+fn default_max() -> usize {
+    100
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub name: String,
+    pub family: Family,
+    /// The ONNX file; relative paths are resolved against the manifest's folder.
+    pub file: PathBuf,
+    /// A labels file; YOLOv8 exports carry their names in metadata and need none.
+    pub labels: Option<PathBuf>,
+    /// `[width, height]` for models whose input size is dynamic.
+    pub input_size: Option<[u32; 2]>,
+    #[serde(default = "default_score")]
+    pub score_threshold: f32,
+    #[serde(default = "default_iou")]
+    pub iou_threshold: f32,
+    #[serde(default = "default_max")]
+    pub max_detections: usize,
+    /// Where the weights come from (documentation; `models/fetch.sh` holds the pins).
+    pub source: Option<String>,
+    pub license: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("model manifest {0}: no such file")]
+    NotFound(PathBuf),
+    #[error("model manifest {path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("unknown model {name:?}: no manifest {path} (known: {known})")]
+    Unknown {
+        name: String,
+        path: PathBuf,
+        known: String,
+    },
+}
+
+/// The folder holding the manifests: `$EDGESIGHT_MODELS`, else `./models`, else the one in the
+/// source tree this binary was built from.
+pub fn models_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("EDGESIGHT_MODELS") {
+        return PathBuf::from(dir);
+    }
+    let local = PathBuf::from("models");
+    if local.join("ssd-mobilenet-v2.toml").is_file() {
+        return local;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
+}
+
+impl Manifest {
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|_| ManifestError::NotFound(path.to_path_buf()))?;
+        let mut m: Manifest = toml::from_str(&text).map_err(|e| ManifestError::Parse {
+            path: path.to_path_buf(),
+            reason: e.message().to_string(),
+        })?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        m.file = dir.join(&m.file);
+        m.labels = m.labels.map(|l| dir.join(l));
+        Ok(m)
+    }
+
+    /// A model by name (`ssd-mobilenet-v2` -> `models/ssd-mobilenet-v2.toml`) or by manifest path.
+    pub fn find(name_or_path: &str) -> Result<Self, ManifestError> {
+        let p = Path::new(name_or_path);
+        if name_or_path.ends_with(".toml") {
+            return Self::load(p);
+        }
+        let dir = models_dir();
+        let path = dir.join(format!("{name_or_path}.toml"));
+        if !path.is_file() {
+            let mut known: Vec<String> = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.strip_suffix(".toml").map(str::to_string)
+                })
+                .collect();
+            known.sort();
+            return Err(ManifestError::Unknown {
+                name: name_or_path.to_string(),
+                path,
+                known: known.join(", "),
+            });
+        }
+        Self::load(&path)
+    }
+}

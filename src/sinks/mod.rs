@@ -1,0 +1,22 @@
+//! Sinks: where a frame's results go. The last stage of the pipeline; nothing flows back.
+
+pub mod draw;
+pub mod events;
+pub mod video;
+
+use crate::detection::Detection;
+use crate::frame::Frame;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("{path}: {reason}")]
+    Io { path: String, reason: String },
+    #[error("annotated video {path}: {reason}")]
+    Video { path: String, reason: String },
+}
+
+pub trait Sink: Send {
+    fn write(&mut self, frame: &Frame, detections: &[Detection]) -> Result<(), SinkError>;
+    /// Flushes and closes; a video file is finalized here, so it plays.
+    fn finish(self: Box<Self>) -> Result<(), SinkError>;
+}
