@@ -77,6 +77,10 @@ pub struct EngineConfig {
     /// When the requested provider cannot start, warn and run on the CPU instead of failing.
     #[serde(default)]
     pub fallback_to_cpu: bool,
+    /// Let idle intra-op threads busy-wait for work. Off by default: in a pipeline, spinning
+    /// threads take the cores that decoding and encoding need.
+    #[serde(default)]
+    pub spin: bool,
     #[serde(default)]
     pub tensorrt: TensorRtOptions,
 }
@@ -87,6 +91,7 @@ impl Default for EngineConfig {
             threads: 0,
             provider: Provider::Cpu,
             fallback_to_cpu: false,
+            spin: false,
             tensorrt: TensorRtOptions::default(),
         }
     }
@@ -189,6 +194,9 @@ impl Engine {
         let mut builder = Session::builder(env)
             .map_err(|e| invalid(e.to_string()))?
             .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(|e| invalid(e.to_string()))?;
+        builder = builder
+            .with_intra_op_spinning(cfg.spin)
             .map_err(|e| invalid(e.to_string()))?;
         if cfg.threads > 0 {
             builder = builder
