@@ -127,6 +127,12 @@ impl PipelineFile {
             path: path.to_path_buf(),
             reason,
         };
+        // Syntax first, with toml's own parser: the config crate's message spans several lines
+        // and names the file by a mangled relative path.
+        let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
+        if let Err(e) = text.parse::<toml::Table>() {
+            return Err(invalid(syntax_error(&text, &e)));
+        }
         config::Config::builder()
             .add_source(config::File::from(path).format(config::FileFormat::Toml))
             .add_source(
@@ -162,6 +168,20 @@ impl PipelineFile {
         spec.write_events = self.output.events;
         spec.queue_depth = self.queues.depth;
         Ok(spec)
+    }
+}
+
+/// "line L, column C: message" on one line.
+fn syntax_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("TOML syntax error at line {line}, column {col}: {msg}")
+        }
+        None => format!("TOML syntax error: {msg}"),
     }
 }
 

@@ -246,10 +246,11 @@ impl Decoder {
                 }
             }
         }
-        let total_frames = match (pipeline.query_duration::<gst::ClockTime>(), fps) {
+        let by_duration = match (pipeline.query_duration::<gst::ClockTime>(), fps) {
             (Some(d), Some(f)) => Some((d.nseconds() as f64 / 1e9 * f).round() as u64),
             _ => None,
         };
+        let total_frames = avi_header_frames(uri).filter(|&n| n > 0).or(by_duration);
         pipeline
             .set_state(gst::State::Playing)
             .map_err(|_| open_err(first_error(&bus).unwrap_or_else(|| "cannot play".into())))?;
@@ -315,6 +316,19 @@ impl Decoder {
             });
         }
         if self.appsink.is_eos() {
+            // GStreamer plays a truncated file to its last whole frame and calls that a clean
+            // end; only the frame count the container announced tells the two apart.
+            if let Some(total) = self.total_frames {
+                if self.next_number + truncation_slack(total) < total {
+                    return Err(IngestError::Stream {
+                        source_name: self.display.clone(),
+                        frames: self.next_number,
+                        reason: format!(
+                            "the file ends early (truncated?): the container announces {total} frames"
+                        ),
+                    });
+                }
+            }
             return Ok(Next::Eos);
         }
         Ok(Next::Pending)
@@ -327,13 +341,43 @@ impl Drop for Decoder {
     }
 }
 
+/// Frames a whole file may come up short of its announced count: durations are rounded, and
+/// some muxers count a trailing frame that decoders drop.
+fn truncation_slack(total: u64) -> u64 {
+    (total / 50).max(2)
+}
+
+/// The frame count in an AVI file's main header (`avih.dwTotalFrames`).
+///
+/// avidemux rebuilds the index of a truncated AVI from what is left and announces that shorter
+/// duration, so the header written when the file was whole is the only witness of the damage.
+fn avi_header_frames(uri: &str) -> Option<u64> {
+    use std::io::Read;
+    let (path, _) = gst::glib::filename_from_uri(uri).ok()?;
+    let mut head = [0u8; 52];
+    std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
+    let is_avi = &head[0..4] == b"RIFF"
+        && &head[8..12] == b"AVI "
+        && &head[12..16] == b"LIST"
+        && &head[20..24] == b"hdrl"
+        && &head[24..28] == b"avih";
+    is_avi.then(|| u32::from_le_bytes([head[48], head[49], head[50], head[51]]) as u64)
+}
+
 fn describe_error(e: &gst::message::Error) -> String {
     match e.debug() {
         Some(d) if !d.is_empty() => {
             // GStreamer's debug strings carry source paths and element names; the last line is
             // the useful part.
             let detail = d.lines().last().unwrap_or("").trim();
-            format!("{} ({})", e.error(), detail)
+            // Drop the "file.c(123): function (): /GstPipeline:..." prefix that names only
+            // GStreamer's own source.
+            let detail = detail.rsplit(": ").next().unwrap_or(detail).trim();
+            if detail.is_empty() || detail.starts_with('/') || detail.contains(".c(") {
+                e.error().to_string()
+            } else {
+                format!("{} ({})", e.error(), detail)
+            }
         }
         _ => e.error().to_string(),
     }

@@ -238,7 +238,11 @@ fn bench(args: &RunArgs, engine_frames: usize, json: Option<&PathBuf>) -> Result
         "end to end       {:.1} fps over {} frames (`run` as configured{})",
         r.pipeline_fps,
         r.pipeline_frames,
-        if spec.write_video { ", annotated MP4 included" } else { "" }
+        if spec.write_video {
+            ", annotated MP4 included"
+        } else {
+            ""
+        }
     );
     println!("ratio            {:.3}", r.ratio);
     println!(

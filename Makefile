@@ -1,0 +1,23 @@
+# The two commands the README promises on a fresh Debian 12 machine:
+#   make demo   set up, build, analyse the bundled sample (assets/vtest.avi) into out/demo
+#   make test   set up, build, pass the tests
+.PHONY: setup build demo test bench lint
+
+setup:
+	bash scripts/setup.sh
+
+build: setup
+	cargo build --release
+
+demo: build
+	./target/release/edgesight run assets/vtest.avi --out out/demo
+
+test: setup
+	cargo test --release
+
+bench: build
+	./target/release/edgesight bench --json out/bench/bench.json
+
+lint:
+	cargo fmt --check
+	cargo clippy --release --all-targets -- -D warnings

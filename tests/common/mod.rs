@@ -1,0 +1,82 @@
+//! Shared helpers for the integration tests: they drive the real `edgesight` binary on the real
+//! sample media and model that `scripts/setup.sh` installs (`make test` runs it first).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use edgesight::ingest::{resolve_input, Decoder, Next};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A file that setup provides; a clear message when it is missing.
+pub fn asset(rel: &str) -> PathBuf {
+    let p = root().join(rel);
+    assert!(
+        p.is_file(),
+        "{} is missing: run `bash scripts/setup.sh` (make test does)",
+        p.display()
+    );
+    p
+}
+
+pub fn edgesight(args: &[&str]) -> Output {
+    edgesight_env(args, &[])
+}
+
+pub fn edgesight_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgesight"));
+    cmd.args(args).current_dir(root());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("edgesight binary runs")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The `error: ...` line the CLI prints, after checking there is exactly one and no panic.
+pub fn error_line(o: &Output) -> String {
+    let err = stderr(o);
+    assert!(!err.contains("panicked"), "panic:\n{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(lines.len(), 1, "want one error line, got:\n{err}");
+    lines[0].to_string()
+}
+
+pub fn events(dir: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("events.jsonl")).expect("events.jsonl exists");
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect()
+}
+
+pub fn summary(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("summary.json")).expect("summary.json exists");
+    serde_json::from_str(&text).expect("summary is JSON")
+}
+
+/// Decodes a video file again through GStreamer: (frames, width, height).
+pub fn decode_count(path: &Path) -> (u64, u32, u32) {
+    let uri = resolve_input(path.to_str().unwrap()).unwrap();
+    let mut dec = Decoder::open(&uri, "check".into()).expect("the file opens as video");
+    let size = dec.size();
+    loop {
+        match dec.next(Duration::from_millis(200)).expect("decodes") {
+            Next::Frame(_) | Next::Pending => continue,
+            Next::Eos => return (dec.frames(), size.0, size.1),
+        }
+    }
+}
+
+/// `(x1, y1, x2, y2)` of a detection.
+pub fn bbox(d: &serde_json::Value) -> (f64, f64, f64, f64) {
+    let b = &d["box"];
+    let f = |k: &str| b[k].as_f64().expect("box coordinate");
+    (f("x1"), f("y1"), f("x2"), f("y2"))
+}

@@ -1,0 +1,121 @@
+//! A 642-pixel RGB row takes 1928 bytes in a GStreamer buffer, not 1926: the Frame view must
+//! step by the stride, and it must borrow the buffer rather than copy it.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgesight::frame::Frame;
+use edgesight::ingest::{resolve_input, Decoder, Next};
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+
+const W: usize = 642;
+const H: usize = 40;
+
+fn padded_sample() -> gst::Sample {
+    gst::init().unwrap();
+    // SMPTE bars: the top two thirds are vertical bars, so every row there is identical. A
+    // view that stepped by width * 3 would drift two bytes per row and break that.
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc num-buffers=1 pattern=smpte ! video/x-raw,format=RGB,width={W},height={H} ! appsink name=sink"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = pipeline
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let sample = sink.pull_sample().unwrap();
+    pipeline.set_state(gst::State::Null).unwrap();
+    sample
+}
+
+fn check_bars(frame: &Frame) {
+    let view = frame.view();
+    assert_eq!(view.dim(), (H, W, 3));
+    let bars = H * 2 / 3;
+    for y in 1..bars {
+        assert_eq!(
+            view.index_axis(ndarray::Axis(0), y),
+            view.index_axis(ndarray::Axis(0), 0),
+            "row {y} of the bars"
+        );
+    }
+    // The bars are not one colour: the first (light grey) and the last (blue) differ.
+    assert_ne!(view[[0, 0, 0]], view[[0, W - 1, 0]]);
+}
+
+#[test]
+fn view_honours_row_padding_without_copying() {
+    let sample = padded_sample();
+    let buffer = sample.buffer().unwrap();
+    let map = buffer.map_readable().unwrap();
+    let buffer_ptr = map.as_ptr();
+    assert_eq!(map.len(), 1928 * H, "GStreamer pads each row to 1928 bytes");
+    let bytes = map.to_vec();
+    drop(map);
+
+    let frame = Frame::from_sample(&sample, Arc::from("padded"), 7).unwrap();
+    assert_eq!(frame.stride(), 1928);
+    assert_eq!(frame.number, 7);
+    let view = frame.view();
+    // Zero copy: the view points into the GStreamer buffer's memory.
+    assert_eq!(view.as_ptr(), buffer_ptr);
+    assert_eq!(view.strides(), &[1928, 3, 1]);
+    for y in 0..H {
+        for x in 0..W {
+            for c in 0..3 {
+                assert_eq!(view[[y, x, c]], bytes[y * 1928 + x * 3 + c]);
+            }
+        }
+    }
+    check_bars(&frame);
+}
+
+#[test]
+fn decoder_delivers_padded_frames_from_a_file() {
+    gst::init().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bars642.mkv");
+    // Raw I420 in Matroska: lossless, so the bars survive exactly.
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc num-buffers=3 pattern=smpte ! video/x-raw,format=I420,width={W},height={H},framerate=5/1 ! matroskamux ! filesink location={}",
+        file.display()
+    ))
+    .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let bus = pipeline.bus().unwrap();
+    let msg = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(10),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .unwrap();
+    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+    pipeline.set_state(gst::State::Null).unwrap();
+
+    let uri = resolve_input(file.to_str().unwrap()).unwrap();
+    let mut dec = Decoder::open(&uri, "bars".into()).unwrap();
+    assert_eq!(dec.size(), (W as u32, H as u32));
+    let mut frames = Vec::new();
+    loop {
+        match dec.next(Duration::from_millis(200)).unwrap() {
+            Next::Frame(f) => frames.push(f),
+            Next::Pending => continue,
+            Next::Eos => break,
+        }
+    }
+    assert_eq!(frames.len(), 3);
+    for (i, f) in frames.iter().enumerate() {
+        assert_eq!(f.number, i as u64);
+        assert_eq!(f.stride(), 1928);
+        assert_eq!(f.pts, Some(gst::ClockTime::from_mseconds(200 * i as u64)));
+        check_bars(f);
+    }
+}

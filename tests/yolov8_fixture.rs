@@ -1,0 +1,103 @@
+//! YOLOv8 on a real Ultralytics-layout graph: `yolov8s-random-640-dynbatch.onnx` has YOLOv8s's
+//! architecture, input [B, 3, H, W] (640 trained) and output [B, 84, 8400], with random weights. It checks
+//! shapes, the decode path and cost, not accuracy. The file lives only on the project's own
+//! machines (`../shared/fixtures`); elsewhere the test says it skipped.
+
+mod common;
+use common::*;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use edgesight::engine::EngineConfig;
+use edgesight::models::{build_detector, Manifest};
+use edgesight::preprocess::Preprocessor;
+
+fn fixture() -> Option<PathBuf> {
+    let p = root().join("../shared/fixtures/yolov8s-random-640-dynbatch.onnx");
+    if p.is_file() {
+        Some(p)
+    } else {
+        eprintln!(
+            "SKIPPED: {} is absent (only on the project's own machines)",
+            p.display()
+        );
+        None
+    }
+}
+
+#[test]
+fn fixture_shapes_decode_and_cost() {
+    let Some(file) = fixture() else { return };
+    let mut m = Manifest::find("yolov8").unwrap();
+    m.file = file;
+    let mut engine = edgesight::engine::Engine::load(&m.file, &EngineConfig::default()).unwrap();
+    let io = engine.io().clone();
+    // Dynamic batch (and, in this export, dynamic size): the manifest's 640x640 applies.
+    assert_eq!(&io.inputs[0].shape[..2], &[-1, 3]);
+    assert_eq!(io.outputs[0].shape, vec![-1, 84, -1]);
+    let detector = build_detector(&m, &io).unwrap();
+
+    let uri = edgesight::ingest::resolve_input(asset("assets/bus.jpg").to_str().unwrap()).unwrap();
+    let mut dec = edgesight::ingest::Decoder::open(&uri, "bus".into()).unwrap();
+    let frame = loop {
+        if let edgesight::ingest::Next::Frame(f) =
+            dec.next(std::time::Duration::from_millis(200)).unwrap()
+        {
+            break f;
+        }
+    };
+    let mut pre = Preprocessor::new(detector.preprocess().clone());
+    let (tensor, transform) = pre.run(frame.view()).unwrap();
+    assert_eq!(tensor.shape(), &[1, 3, 640, 640], "letterboxed to 640");
+
+    let t0 = Instant::now();
+    let outputs = engine.run(&tensor).unwrap();
+    let first = t0.elapsed();
+    assert_eq!(outputs[0].data.shape(), &[1, 84, 8400]);
+    let runs = 3;
+    let t0 = Instant::now();
+    for _ in 0..runs {
+        engine.run(&tensor).unwrap();
+    }
+    eprintln!(
+        "yolov8s fixture on CPU: first run {:.0} ms, then {:.0} ms per 640x640 frame",
+        first.as_secs_f64() * 1e3,
+        t0.elapsed().as_secs_f64() * 1e3 / runs as f64
+    );
+
+    // Random weights give arbitrary boxes, but decoding must keep them sane.
+    let dets = detector.decode(&outputs, &transform).unwrap();
+    assert!(
+        dets.len() <= 300,
+        "{} detections over max_detections",
+        dets.len()
+    );
+    for d in &dets {
+        assert!(d.score >= 0.25 && d.score <= 1.0);
+        assert!(d.bbox.x1 >= 0.0 && d.bbox.x2 <= 810.0 && d.bbox.x1 <= d.bbox.x2);
+        assert!(d.bbox.y1 >= 0.0 && d.bbox.y2 <= 1080.0 && d.bbox.y1 <= d.bbox.y2);
+    }
+}
+
+#[test]
+fn fixture_through_the_cli() {
+    let Some(file) = fixture() else { return };
+    let out = tempfile::tempdir().unwrap();
+    let o = edgesight(&[
+        "run",
+        "assets/vtest.avi",
+        "--model",
+        "yolov8",
+        "--model-file",
+        file.to_str().unwrap(),
+        "--max-frames",
+        "5",
+        "--no-video",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(events(out.path()).len(), 5);
+    assert_eq!(summary(out.path())["model"], "yolov8");
+}
