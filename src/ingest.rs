@@ -93,6 +93,9 @@ pub fn stream_name(uri: &str) -> String {
 }
 
 /// What [`Decoder::next`] found.
+// The frame is moved on into a channel right away; boxing it would cost an allocation per frame
+// to save a few hundred bytes of stack.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Next {
     Frame(Frame),
