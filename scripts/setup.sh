@@ -55,6 +55,20 @@ if [ ! -f "$ORT_DIR/libonnxruntime.so.$ORT_VERSION" ]; then
 fi
 ln -sf "libonnxruntime.so.$ORT_VERSION" "$ORT_DIR/libonnxruntime.so"
 
+# --- 2b. onnx.proto, for the Rust ONNX graph editor (build.rs runs prost-build over it) -------
+# It ships inside the `onnx` wheel; nothing from that project is committed here.
+ONNX_WHEEL=onnx-1.20.1-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl
+PROTO="$DEPS/proto/onnx-ml.proto"
+if [ ! -f "$PROTO" ]; then
+  log "fetching onnx.proto (PyPI onnx==1.20.1 wheel)"
+  pip_download "onnx==1.20.1" "$ONNX_WHEEL" 2297f428c51c7fc6d8fad0cf34384284dfeff3f86799f8e83ef905451348ade0 \
+    --only-binary=:all: --python-version 3.11 --platform manylinux_2_28_x86_64
+  mkdir -p "$DEPS/proto"
+  unzip -o -j -q "$DEPS/downloads/$ONNX_WHEEL" onnx/onnx-ml.proto -d "$DEPS/proto.part"
+  verify "$DEPS/proto.part/onnx-ml.proto" b9b39fbd1c985b45d36525acd33d061b75f813f0a7211d8e614dba67ead4aff2
+  mv "$DEPS/proto.part/onnx-ml.proto" "$PROTO" && rmdir "$DEPS/proto.part"
+fi
+
 # --- 3. Models and sample media ------------------------------------------------------------
 bash "$ROOT/models/fetch.sh"
 bash "$ROOT/assets/fetch.sh"

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod frame;
 pub mod ingest;
 pub mod models;
+pub mod onnx;
 pub mod pipeline;
 pub mod preprocess;
 pub mod sinks;
