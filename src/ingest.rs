@@ -257,7 +257,7 @@ impl Decoder {
         pipeline
             .set_state(gst::State::Playing)
             .map_err(|_| open_err(first_error(&bus).unwrap_or_else(|| "cannot play".into())))?;
-        tracing::info!(source = %redacted, ?size, ?fps, ?total_frames, "opened");
+        tracing::debug!(source = %redacted, ?size, ?fps, ?total_frames, "opened");
         Ok(Self {
             pipeline,
             appsink,

@@ -12,6 +12,7 @@ pub mod frame;
 pub mod ingest;
 pub mod models;
 pub mod onnx;
+pub mod optimize;
 pub mod pipeline;
 pub mod preprocess;
 pub mod sinks;

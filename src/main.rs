@@ -42,6 +42,79 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Turn an FP32 ONNX model into an INT8 (Q/DQ) or FP16 artifact, with a report; or
+    /// `optimize inspect MODEL.onnx`.
+    Optimize(OptimizeArgs),
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct OptimizeArgs {
+    #[command(subcommand)]
+    sub: Option<OptimizeSub>,
+    /// The FP32 ONNX model.
+    model_file: Option<PathBuf>,
+    /// Its manifest in models/ (family, preprocessing, labels) [default: the manifest whose
+    /// file is MODEL_FILE].
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Int8)]
+    precision: PrecisionArg,
+    #[arg(long, value_enum, default_value_t = TargetArg::Cpu)]
+    target: TargetArg,
+    /// Calibration images [default: calibration/<the manifest's calibration set>].
+    #[arg(long)]
+    calibration: Option<PathBuf>,
+    /// Held-out images for fidelity and speed [default: calibration/heldout/<set>, or
+    /// <DIR>/heldout for --calibration DIR].
+    #[arg(long)]
+    heldout: Option<PathBuf>,
+    /// minmax, percentile[:P] (P defaults to 99.99) or entropy.
+    #[arg(long, default_value = "percentile:99.99")]
+    method: String,
+    /// Keep this layer (node name) in float; repeatable.
+    #[arg(long)]
+    exclude: Vec<String>,
+    /// Keep every node of this op type in float; repeatable.
+    #[arg(long)]
+    exclude_op: Vec<String>,
+    /// Fidelity to keep (0..1: agreement mAP50 for detectors, output cosine otherwise); the most
+    /// sensitive layers stay in float until it holds.
+    #[arg(long)]
+    keep_accuracy: Option<f64>,
+    /// Artifact folder [default: out/optimize/<model>-<precision>-<target>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Inference threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Timed runs per model for the latency figures.
+    #[arg(long, default_value_t = 30)]
+    runs: usize,
+}
+
+#[derive(Subcommand)]
+enum OptimizeSub {
+    /// Print a model's inputs, outputs, ops and parameter counts.
+    Inspect {
+        model_file: PathBuf,
+        /// Print JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PrecisionArg {
+    Int8,
+    Fp16,
+    Fp32,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TargetArg {
+    Cpu,
+    Tensorrt,
 }
 
 #[derive(Args, Clone)]
@@ -54,6 +127,9 @@ struct RunArgs {
     /// Model manifest name in models/ (ssd-mobilenet-v2, yolov8) or a manifest path.
     #[arg(long)]
     model: Option<String>,
+    /// An artifact folder written by `edgesight optimize` (model, manifest, engine settings).
+    #[arg(long, conflicts_with_all = ["model", "model_file"])]
+    model_dir: Option<PathBuf>,
     /// An ONNX file to use instead of the manifest's (e.g. your own YOLOv8 export).
     #[arg(long)]
     model_file: Option<PathBuf>,
@@ -115,6 +191,11 @@ impl RunArgs {
         };
         if let Some(f) = &self.model_file {
             spec.model.file = f.clone();
+        }
+        if let Some(dir) = &self.model_dir {
+            let art = edgesight::optimize::artifact::Artifact::load(dir)?;
+            spec.engine = art.engine_config(dir, &spec.engine);
+            spec.model = art.model;
         }
         if let Some(o) = &self.out {
             spec.out_dir = o.clone();
@@ -263,6 +344,131 @@ fn bench(args: &RunArgs, engine_frames: usize, json: Option<&PathBuf>) -> Result
     Ok(ExitCode::SUCCESS)
 }
 
+/// The manifest whose ONNX file is `file`.
+fn manifest_for_file(file: &std::path::Path) -> Result<Manifest> {
+    let want = file.canonicalize().ok();
+    let dir = edgesight::models::manifest::models_dir();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    entries.sort();
+    for p in entries {
+        if let Ok(m) = Manifest::load(&p) {
+            if want.is_some() && m.file.canonicalize().ok() == want {
+                return Ok(m);
+            }
+        }
+    }
+    anyhow::bail!(
+        "no manifest in {} names {}: pass --model NAME to give its family and preprocessing",
+        dir.display(),
+        file.display()
+    )
+}
+
+fn optimize(a: &OptimizeArgs) -> Result<ExitCode> {
+    use edgesight::optimize::{self, calibrator::Method, qdq::Exclusions, Precision, Target};
+    if let Some(OptimizeSub::Inspect { model_file, json }) = &a.sub {
+        let m = edgesight::onnx::Model::load(model_file)?;
+        let i = m.inspect();
+        if *json {
+            println!("{}", serde_json::to_string_pretty(&i)?);
+        } else {
+            print!("{i}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let file = a
+        .model_file
+        .clone()
+        .context("no model: `edgesight optimize MODEL.onnx` (or `optimize inspect MODEL.onnx`)")?;
+    if !file.is_file() {
+        anyhow::bail!("model file {}: no such file", file.display());
+    }
+    let manifest = match &a.model {
+        Some(name) => {
+            let mut m = Manifest::find(name)?;
+            m.file = file.clone();
+            m
+        }
+        None => manifest_for_file(&file)?,
+    };
+    let method: Method = a
+        .method
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--method: {e}"))?;
+    let set = manifest
+        .calibration
+        .clone()
+        .unwrap_or_else(|| "street".into());
+    let calibration = a
+        .calibration
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("calibration").join(&set));
+    let heldout = match (&a.heldout, &a.calibration) {
+        (Some(h), _) => h.clone(),
+        (None, Some(c)) => c.join("heldout"),
+        (None, None) => PathBuf::from("calibration/heldout").join(&set),
+    };
+    let precision = match a.precision {
+        PrecisionArg::Int8 => Precision::Int8,
+        PrecisionArg::Fp16 => Precision::Fp16,
+        PrecisionArg::Fp32 => Precision::Fp32,
+    };
+    let target = match a.target {
+        TargetArg::Cpu => Target::Cpu,
+        TargetArg::Tensorrt => Target::Tensorrt,
+    };
+    if let Some(k) = a.keep_accuracy {
+        if !(0.0..=1.0).contains(&k) {
+            anyhow::bail!("--keep-accuracy {k}: must lie between 0 and 1");
+        }
+    }
+    let out = a.out.clone().unwrap_or_else(|| {
+        PathBuf::from("out/optimize").join(format!("{}-{precision}-{target}", manifest.name))
+    });
+    let spec = optimize::OptimizeSpec {
+        manifest,
+        precision,
+        target,
+        calibration,
+        heldout,
+        method,
+        exclude: Exclusions {
+            names: a.exclude.iter().cloned().collect(),
+            ops: a.exclude_op.iter().cloned().collect(),
+        },
+        keep_accuracy: a.keep_accuracy,
+        out,
+        engine: edgesight::engine::EngineConfig {
+            threads: a.threads,
+            ..Default::default()
+        },
+        bench_runs: a.runs,
+    };
+    let pb = ProgressBar::no_length();
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {msg:28} {wide_bar} {pos}/{len}",
+        )
+        .expect("static template"),
+    );
+    let outcome = optimize::run(&spec, &|step, done, total| {
+        pb.set_message(step.to_string());
+        pb.set_length(total);
+        pb.set_position(done);
+    });
+    pb.finish_and_clear();
+    let outcome = outcome?;
+    print!("{}", optimize::report::markdown(&outcome.artifact));
+    println!("\nwrote {}", outcome.out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -279,6 +485,7 @@ fn main() -> ExitCode {
             engine_frames,
             json,
         } => bench(run, *engine_frames, json.as_ref()),
+        Cmd::Optimize(a) => optimize(a),
     };
     match result {
         Ok(code) => code,

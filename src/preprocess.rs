@@ -20,11 +20,11 @@
 
 use fast_image_resize::{self as fr, images::TypedImage, pixels::U8x3, ImageView};
 use ndarray::{Array4, ArrayView3};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::tensor::{ElementType, Tensor};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Resize {
     /// Scale each axis independently to fill the input (SSD's training-time resize).
@@ -33,7 +33,7 @@ pub enum Resize {
     Letterbox,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Layout {
     Nhwc,

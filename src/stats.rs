@@ -1,13 +1,13 @@
 //! Latency and memory figures kept in constant space, so hours of video do not grow them.
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// Per-stage latency in microseconds, 1 µs to 10 min, 3 significant digits.
 pub struct Latency(Histogram<u64>);
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct Percentiles {
     pub p50_ms: f64,
     pub p95_ms: f64,

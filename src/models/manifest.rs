@@ -10,15 +10,50 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+use crate::preprocess::{Layout, Resize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     /// TFLite-style SSD with NMS in the graph: boxes, classes, scores, count.
     Ssd,
     /// Ultralytics YOLOv8/11 detection export: `[B, 4 + classes, anchors]`.
     Yolov8,
+    /// MediaPipe BlazeFace (scores and regressors per anchor). `optimize` only, for now: its
+    /// decoding in `run` is still to come.
+    Blazeface,
+    /// A face (or other) embedder: one vector per crop. `optimize` only, for now.
+    Embedder,
+}
+
+impl Family {
+    pub fn is_detector(self) -> bool {
+        matches!(self, Family::Ssd | Family::Yolov8)
+    }
+}
+
+/// Preprocessing for families that take it from the manifest rather than from their code.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreprocessTable {
+    #[serde(default = "default_resize")]
+    pub resize: Resize,
+    pub layout: Layout,
+    /// `f32` or `u8`.
+    pub dtype: String,
+    #[serde(default)]
+    pub mean: [f32; 3],
+    #[serde(default = "unit_std")]
+    pub std: [f32; 3],
+}
+
+fn default_resize() -> Resize {
+    Resize::Stretch
+}
+fn unit_std() -> [f32; 3] {
+    [1.0; 3]
 }
 
 fn default_score() -> f32 {
@@ -31,7 +66,7 @@ fn default_max() -> usize {
     100
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub name: String,
@@ -51,6 +86,9 @@ pub struct Manifest {
     /// Where the weights come from (documentation; `models/fetch.sh` holds the pins).
     pub source: Option<String>,
     pub license: Option<String>,
+    /// The subfolder of `calibration/` that `optimize` calibrates this model on by default.
+    pub calibration: Option<String>,
+    pub preprocess: Option<PreprocessTable>,
 }
 
 #[derive(Debug, thiserror::Error)]

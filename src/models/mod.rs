@@ -46,6 +46,61 @@ pub fn build_detector(m: &Manifest, io: &ModelIo) -> Result<Box<dyn Detector>, M
     Ok(match m.family {
         Family::Ssd => Box::new(ssd::Ssd::new(m, io, labels)?),
         Family::Yolov8 => Box::new(yolov8::Yolov8::new(m, io, labels)?),
+        f @ (Family::Blazeface | Family::Embedder) => {
+            return Err(ModelError::Io {
+                model: m.file.display().to_string(),
+                reason: format!(
+                    "the {f:?} family has no detection decoding in `run` yet (it can be optimized)"
+                ),
+            })
+        }
+    })
+}
+
+/// The preprocessing a model wants: its family's, or the manifest's `[preprocess]` table.
+pub fn preprocess_spec(m: &Manifest, io: &ModelIo) -> Result<PreprocessSpec, ModelError> {
+    if m.family.is_detector() {
+        return Ok(build_detector(m, io)?.preprocess().clone());
+    }
+    let err = |reason: String| ModelError::Io {
+        model: m.file.display().to_string(),
+        reason,
+    };
+    let t = m
+        .preprocess
+        .as_ref()
+        .ok_or_else(|| err("its manifest has no [preprocess] table".into()))?;
+    let input = io
+        .inputs
+        .first()
+        .ok_or_else(|| err("has no input".into()))?;
+    let nhwc = t.layout == crate::preprocess::Layout::Nhwc;
+    let (h, w) = input_hw(&input.shape, nhwc);
+    let [dw, dh] = m.input_size.unwrap_or([0, 0]);
+    let (width, height) = (w.unwrap_or(dw), h.unwrap_or(dh));
+    if width == 0 || height == 0 {
+        return Err(err(format!(
+            "input {input} has a dynamic size and the manifest gives no input_size"
+        )));
+    }
+    let elem = match t.dtype.as_str() {
+        "f32" => crate::tensor::ElementType::F32,
+        "u8" => crate::tensor::ElementType::U8,
+        other => {
+            return Err(err(format!(
+                "[preprocess] dtype {other:?} is not f32 or u8"
+            )))
+        }
+    };
+    Ok(PreprocessSpec {
+        width,
+        height,
+        resize: t.resize,
+        layout: t.layout,
+        elem,
+        mean: t.mean,
+        std: t.std,
+        pad: 0,
     })
 }
 

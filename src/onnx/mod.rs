@@ -433,3 +433,66 @@ pub fn value_info_elem(v: &pb::ValueInfoProto) -> Option<i32> {
         _ => None,
     }
 }
+
+/// The element type of every tensor in the graph, propagated forward from the inputs,
+/// initializers and constants with the rules of the common ops. Tensors whose type cannot be
+/// told are absent. Enough to tell float activations from shape arithmetic; not a full
+/// ONNX type inference.
+pub fn infer_elem_types(model: &Model) -> HashMap<String, i32> {
+    let g = model.graph();
+    let mut ty: HashMap<String, i32> = HashMap::new();
+    for v in g.input.iter().chain(&g.value_info).chain(&g.output) {
+        if let Some(t) = value_info_elem(v) {
+            ty.insert(v.name().to_string(), t);
+        }
+    }
+    for t in &g.initializer {
+        ty.insert(t.name().to_string(), t.data_type());
+    }
+    let i64t = DataType::Int64 as i32;
+    let boolt = DataType::Bool as i32;
+    for n in &g.node {
+        let first_known = n.input.iter().find_map(|i| ty.get(i.as_str()).copied());
+        let out: Vec<Option<i32>> = match n.op_type() {
+            "Constant" => vec![n
+                .attribute
+                .iter()
+                .find_map(|a| a.t.as_ref().map(|t| t.data_type()))
+                .or_else(|| {
+                    n.attribute.iter().find_map(|a| match a.name() {
+                        "value_float" | "value_floats" => Some(DataType::Float as i32),
+                        "value_int" | "value_ints" => Some(i64t),
+                        _ => None,
+                    })
+                })],
+            "Shape" | "Size" | "NonZero" | "ArgMax" | "ArgMin" | "NonMaxSuppression" => {
+                vec![Some(i64t)]
+            }
+            "TopK" => vec![first_known, Some(i64t)],
+            "MaxPool" => vec![first_known, Some(i64t)],
+            "Cast" => vec![get_attr_int(n, "to").map(|v| v as i32)],
+            "Equal" | "Greater" | "GreaterOrEqual" | "Less" | "LessOrEqual" | "Not" | "And"
+            | "Or" | "Xor" | "IsNaN" | "IsInf" => vec![Some(boolt)],
+            "ConstantOfShape" => vec![Some(
+                n.attribute
+                    .iter()
+                    .find_map(|a| a.t.as_ref().map(|t| t.data_type()))
+                    .unwrap_or(DataType::Float as i32),
+            )],
+            // The data input decides; condition, indices and shapes do not.
+            "Where" => vec![n.input.get(1).and_then(|i| ty.get(i.as_str()).copied())],
+            "Gather" | "GatherElements" | "GatherND" | "Slice" | "Reshape" | "Expand" | "Tile"
+            | "Squeeze" | "Unsqueeze" | "Transpose" | "Split" | "Resize" | "Pad" => {
+                let t = n.input.first().and_then(|i| ty.get(i.as_str()).copied());
+                vec![t; n.output.len()]
+            }
+            _ => vec![first_known; n.output.len()],
+        };
+        for (o, t) in n.output.iter().zip(out) {
+            if let Some(t) = t {
+                ty.entry(o.clone()).or_insert(t);
+            }
+        }
+    }
+    ty
+}

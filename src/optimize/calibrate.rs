@@ -1,0 +1,229 @@
+//! Calibration: real images through the FP32 model, with the model family's own preprocessing,
+//! collecting the statistics of every activation that feeds a quantizable op.
+//!
+//! The statistics (histograms, not ranges) are cached by model hash, image-set hash and
+//! preprocessing, so trying another calibrator costs no new run.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ndarray::Array3;
+use sha2::{Digest, Sha256};
+
+use super::calibrator::TensorStats;
+use super::{qdq, OptimizeError};
+use crate::engine::{Engine, EngineConfig};
+use crate::ingest::{resolve_input, Decoder, Next};
+use crate::onnx::Model;
+use crate::preprocess::{PreprocessSpec, Preprocessor};
+use crate::tensor::Tensor;
+
+const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp"];
+/// More undecodable images than this share of the set is an error, not a skip.
+const MAX_BAD_SHARE: f64 = 0.2;
+
+/// A folder of images, sorted, with a hash of their names and bytes.
+#[derive(Debug, Clone)]
+pub struct ImageSet {
+    pub dir: PathBuf,
+    pub images: Vec<PathBuf>,
+    pub sha256: String,
+}
+
+impl ImageSet {
+    /// Every image under `dir` (one level of subfolders included), sorted by path.
+    pub fn open(dir: &Path) -> Result<Self, OptimizeError> {
+        if !dir.is_dir() {
+            return Err(OptimizeError::Calibration {
+                dir: dir.to_path_buf(),
+                reason: "no such folder".into(),
+            });
+        }
+        let mut images = Vec::new();
+        let visit =
+            |d: &Path, images: &mut Vec<PathBuf>| -> Vec<PathBuf> {
+                let mut subdirs = Vec::new();
+                for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+                    let p = e.path();
+                    if p.is_dir() {
+                        subdirs.push(p);
+                    } else if p.extension().and_then(|x| x.to_str()).is_some_and(|x| {
+                        IMAGE_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str())
+                    }) {
+                        images.push(p);
+                    }
+                }
+                subdirs
+            };
+        for sub in visit(dir, &mut images) {
+            // Held-out frames must never calibrate.
+            if sub.file_name().is_some_and(|n| n == "heldout") {
+                continue;
+            }
+            visit(&sub, &mut images);
+        }
+        images.sort();
+        if images.is_empty() {
+            return Err(OptimizeError::Calibration {
+                dir: dir.to_path_buf(),
+                reason: format!(
+                    "no images ({}) in it; run calibration/fetch.sh or pass --calibration DIR",
+                    IMAGE_EXTENSIONS.join(", ")
+                ),
+            });
+        }
+        let mut h = Sha256::new();
+        for p in &images {
+            h.update(
+                p.strip_prefix(dir)
+                    .unwrap_or(p)
+                    .to_string_lossy()
+                    .as_bytes(),
+            );
+            h.update(std::fs::read(p).unwrap_or_default());
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            images,
+            sha256: hex(&h.finalize()),
+        })
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn file_sha256(path: &Path) -> Result<String, OptimizeError> {
+    let bytes = std::fs::read(path).map_err(|e| OptimizeError::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(hex(&Sha256::digest(&bytes)))
+}
+
+/// One image, decoded by GStreamer into packed RGB.
+pub fn decode_image(path: &Path) -> Result<Array3<u8>, String> {
+    let uri = resolve_input(&path.to_string_lossy()).map_err(|e| e.to_string())?;
+    let mut dec = Decoder::open(&uri, "calibration".into()).map_err(|e| e.to_string())?;
+    loop {
+        match dec
+            .next(Duration::from_millis(500))
+            .map_err(|e| e.to_string())?
+        {
+            Next::Frame(f) => return Ok(f.view().to_owned()),
+            Next::Pending => continue,
+            Next::Eos => return Err("no frame".into()),
+        }
+    }
+}
+
+/// Preprocessed tensors of a set of images; undecodable ones are skipped and counted.
+pub fn tensors(
+    set: &ImageSet,
+    spec: &PreprocessSpec,
+    progress: &dyn Fn(u64, u64),
+) -> Result<(Vec<Tensor>, Vec<String>), OptimizeError> {
+    let mut pre = Preprocessor::new(spec.clone());
+    let mut out = Vec::new();
+    let mut bad = Vec::new();
+    for (i, p) in set.images.iter().enumerate() {
+        match decode_image(p) {
+            Ok(img) => {
+                let (t, _) = pre
+                    .run(img.view())
+                    .map_err(|e| OptimizeError::Calibration {
+                        dir: set.dir.clone(),
+                        reason: format!("{}: {e}", p.display()),
+                    })?;
+                out.push(t);
+            }
+            Err(e) => {
+                tracing::warn!(image = %p.display(), error = %e, "skipping an image that does not decode");
+                bad.push(format!("{}: {e}", p.display()));
+            }
+        }
+        progress(i as u64 + 1, set.images.len() as u64);
+    }
+    if bad.len() as f64 > MAX_BAD_SHARE * set.images.len() as f64 || out.is_empty() {
+        return Err(OptimizeError::Calibration {
+            dir: set.dir.clone(),
+            reason: format!(
+                "{} of {} images do not decode (first: {})",
+                bad.len(),
+                set.images.len(),
+                bad.first().map(String::as_str).unwrap_or("")
+            ),
+        });
+    }
+    Ok((out, bad))
+}
+
+/// Statistics of every calibration tensor of `model` over `inputs`.
+pub fn collect(
+    model: &Model,
+    inputs: &[Tensor],
+    engine: &EngineConfig,
+    scratch: &Path,
+    progress: &dyn Fn(u64, u64),
+) -> Result<HashMap<String, TensorStats>, OptimizeError> {
+    let names = qdq::calibration_tensors(model);
+    let augmented = qdq::with_extra_outputs(model, &names);
+    let path = scratch.join("calibration-augmented.onnx");
+    augmented.save(&path)?;
+    let mut eng = Engine::load(&path, engine)?;
+    let mut stats: HashMap<String, TensorStats> = HashMap::new();
+    for (i, t) in inputs.iter().enumerate() {
+        for o in eng.run(t)? {
+            if names.contains(&o.name) {
+                let v = o.data.as_slice_memory_order().map(<[f32]>::to_vec);
+                let v = v.unwrap_or_else(|| o.data.iter().copied().collect());
+                stats.entry(o.name).or_default().observe(&v);
+            }
+        }
+        progress(i as u64 + 1, inputs.len() as u64);
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(stats)
+}
+
+/// Where cached statistics live: `$EDGESIGHT_CACHE`, else `$XDG_CACHE_HOME/edgesight`, else
+/// `~/.cache/edgesight`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("EDGESIGHT_CACHE") {
+        return PathBuf::from(d);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    base.join("edgesight")
+}
+
+pub fn cache_key(model_sha: &str, set_sha: &str, spec: &PreprocessSpec) -> String {
+    let mut h = Sha256::new();
+    h.update(model_sha);
+    h.update(set_sha);
+    h.update(format!("{spec:?}"));
+    h.update(env!("CARGO_PKG_VERSION"));
+    hex(&h.finalize())[..24].to_string()
+}
+
+pub fn load_cached(key: &str) -> Option<HashMap<String, TensorStats>> {
+    let p = cache_dir().join("calibration").join(format!("{key}.json"));
+    let text = std::fs::read_to_string(p).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+pub fn store_cached(key: &str, stats: &HashMap<String, TensorStats>) {
+    let dir = cache_dir().join("calibration");
+    let ok = std::fs::create_dir_all(&dir).is_ok()
+        && serde_json::to_string(stats)
+            .ok()
+            .and_then(|s| std::fs::write(dir.join(format!("{key}.json")), s).ok())
+            .is_some();
+    if !ok {
+        tracing::warn!(dir = %dir.display(), "could not cache calibration statistics");
+    }
+}

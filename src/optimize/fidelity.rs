@@ -1,0 +1,311 @@
+//! How close an optimized model stays to its FP32 original, on held-out frames.
+//!
+//! Detectors: agreement mAP50, FP32's detections taken as the truth, so the figure isolates
+//! what optimization changed from what the model gets wrong anyway. Every model: the cosine
+//! between the two models' raw outputs. Embedders: verification AUC as well, where the image
+//! names carry identities (`Person_Name-xxx.jpg`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::OptimizeError;
+use crate::detection::Detection;
+use crate::engine::{Engine, EngineError};
+use crate::models::{build_detector, Family, Manifest};
+use crate::preprocess::Transform;
+use crate::stats::{Latency, Percentiles};
+use crate::tensor::{ModelIo, Output, Tensor};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Fidelity {
+    /// Mean over frames and outputs of the cosine between FP32 and optimized outputs.
+    pub mean_cosine: f64,
+    /// The worst frame's cosine (over all outputs).
+    pub min_cosine: f64,
+    pub per_output_cosine: BTreeMap<String, f64>,
+    /// Detectors only: agreement mAP at IoU 0.5 with FP32's detections as the truth.
+    pub map50: Option<f64>,
+    /// Embedders with identities: verification AUC of (FP32, optimized).
+    pub auc: Option<(f64, f64)>,
+}
+
+impl Fidelity {
+    /// The one number the accuracy search and the targets use.
+    pub fn score(&self) -> f64 {
+        self.map50.unwrap_or(self.mean_cosine)
+    }
+}
+
+pub fn outputs_of(engine: &mut Engine, inputs: &[Tensor]) -> Result<Vec<Vec<Output>>, EngineError> {
+    inputs.iter().map(|t| engine.run(t)).collect()
+}
+
+/// Batch-1 latency over `runs` timed runs after two warm-up runs.
+pub fn latency(
+    engine: &mut Engine,
+    input: &Tensor,
+    runs: usize,
+) -> Result<Percentiles, EngineError> {
+    for _ in 0..2 {
+        engine.run(input)?;
+    }
+    let mut lat = Latency::default();
+    for _ in 0..runs.max(1) {
+        let t0 = Instant::now();
+        engine.run(input)?;
+        lat.record(t0.elapsed());
+    }
+    Ok(lat.percentiles())
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        ab += x as f64 * y as f64;
+        aa += x as f64 * x as f64;
+        bb += y as f64 * y as f64;
+    }
+    if aa == 0.0 && bb == 0.0 {
+        return 1.0;
+    }
+    if aa == 0.0 || bb == 0.0 {
+        return 0.0;
+    }
+    ab / (aa.sqrt() * bb.sqrt())
+}
+
+fn flat(o: &Output) -> Vec<f32> {
+    o.data.iter().copied().collect()
+}
+
+pub fn compare(
+    reference: &[Vec<Output>],
+    candidate: &[Vec<Output>],
+    family: Family,
+    manifest: &Manifest,
+    io: &ModelIo,
+) -> Result<Fidelity, OptimizeError> {
+    compare_with_identities(reference, candidate, family, manifest, io, None)
+}
+
+pub fn compare_with_identities(
+    reference: &[Vec<Output>],
+    candidate: &[Vec<Output>],
+    family: Family,
+    manifest: &Manifest,
+    io: &ModelIo,
+    identities: Option<&[String]>,
+) -> Result<Fidelity, OptimizeError> {
+    let mut per_output: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut min_cos = 1.0f64;
+    for (r, c) in reference.iter().zip(candidate) {
+        for (ro, co) in r.iter().zip(c) {
+            let cs = cosine(&flat(ro), &flat(co));
+            min_cos = min_cos.min(cs);
+            per_output.entry(ro.name.clone()).or_default().push(cs);
+        }
+    }
+    let per_output_cosine: BTreeMap<String, f64> = per_output
+        .iter()
+        .map(|(k, v)| (k.clone(), v.iter().sum::<f64>() / v.len().max(1) as f64))
+        .collect();
+    let mean_cosine =
+        per_output_cosine.values().sum::<f64>() / per_output_cosine.len().max(1) as f64;
+
+    let map50 = if family.is_detector() {
+        let det = build_detector(manifest, io)?;
+        let spec = det.preprocess();
+        // Both sides decode in model-input pixels: agreement needs no source frame.
+        let t = Transform {
+            scale_x: 1.0,
+            scale_y: 1.0,
+            pad_x: 0.0,
+            pad_y: 0.0,
+            src_width: spec.width,
+            src_height: spec.height,
+        };
+        let decode = |outs: &[Vec<Output>]| -> Result<Vec<Vec<Detection>>, OptimizeError> {
+            outs.iter()
+                .map(|o| det.decode(o, &t).map_err(OptimizeError::from))
+                .collect()
+        };
+        Some(agreement_map50(&decode(reference)?, &decode(candidate)?))
+    } else {
+        None
+    };
+    let auc = match (family, identities) {
+        (Family::Embedder, Some(ids)) if ids.len() == reference.len() => {
+            let emb = |outs: &[Vec<Output>]| -> Vec<Vec<f32>> {
+                outs.iter().map(|o| flat(&o[0])).collect()
+            };
+            let a = verification_auc(&emb(reference), ids);
+            let b = verification_auc(&emb(candidate), ids);
+            a.zip(b)
+        }
+        _ => None,
+    };
+    Ok(Fidelity {
+        mean_cosine,
+        min_cosine: min_cos,
+        per_output_cosine,
+        map50,
+        auc,
+    })
+}
+
+/// mAP at IoU 0.5 over the classes FP32 found, FP32's detections taken as ground truth.
+/// All-point interpolated AP per class, as in PASCAL VOC 2010+ and COCO.
+pub fn agreement_map50(truth: &[Vec<Detection>], pred: &[Vec<Detection>]) -> f64 {
+    let classes: BTreeSet<u32> = truth.iter().flatten().map(|d| d.class_id).collect();
+    if classes.is_empty() {
+        // Nothing to find: perfect agreement only when nothing was found either.
+        return if pred.iter().all(Vec::is_empty) {
+            1.0
+        } else {
+            0.0
+        };
+    }
+    let mut aps = Vec::new();
+    for c in classes {
+        let n_truth = truth.iter().flatten().filter(|d| d.class_id == c).count();
+        // (score, is true positive), over all frames.
+        let mut hits: Vec<(f32, bool)> = Vec::new();
+        for (t, p) in truth.iter().zip(pred) {
+            let gts: Vec<&Detection> = t.iter().filter(|d| d.class_id == c).collect();
+            let mut used = vec![false; gts.len()];
+            let mut ps: Vec<&Detection> = p.iter().filter(|d| d.class_id == c).collect();
+            ps.sort_by(|a, b| b.score.total_cmp(&a.score));
+            for d in ps {
+                let best = gts
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !used[*i])
+                    .map(|(i, g)| (i, d.bbox.iou(&g.bbox)))
+                    .max_by(|a, b| a.1.total_cmp(&b.1));
+                match best {
+                    Some((i, o)) if o >= 0.5 => {
+                        used[i] = true;
+                        hits.push((d.score, true));
+                    }
+                    _ => hits.push((d.score, false)),
+                }
+            }
+        }
+        hits.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let (mut tp, mut fp) = (0usize, 0usize);
+        let mut curve: Vec<(f64, f64)> = Vec::new(); // (recall, precision)
+        for (_, ok) in &hits {
+            if *ok {
+                tp += 1
+            } else {
+                fp += 1
+            }
+            curve.push((tp as f64 / n_truth as f64, tp as f64 / (tp + fp) as f64));
+        }
+        // Precision envelope, then the area under the recall steps.
+        let mut ap = 0.0;
+        let mut prev_recall = 0.0;
+        for i in 0..curve.len() {
+            let p_env = curve[i..].iter().map(|x| x.1).fold(0.0, f64::max);
+            ap += (curve[i].0 - prev_recall) * p_env;
+            prev_recall = curve[i].0;
+        }
+        aps.push(ap);
+    }
+    aps.iter().sum::<f64>() / aps.len() as f64
+}
+
+/// The identity in a face-chip file name: `John_Salley-000183.jpg` -> `John_Salley`.
+pub fn identity_of(path: &std::path::Path) -> Option<String> {
+    let stem = path.file_stem()?.to_str()?;
+    let (id, _) = stem.split_once('-')?;
+    Some(id.to_string())
+}
+
+/// Area under the ROC of cosine similarity for same- versus different-identity pairs.
+pub fn verification_auc(embeddings: &[Vec<f32>], ids: &[String]) -> Option<f64> {
+    let (mut same, mut diff) = (Vec::new(), Vec::new());
+    for i in 0..embeddings.len() {
+        for j in i + 1..embeddings.len() {
+            let c = cosine(&embeddings[i], &embeddings[j]);
+            if ids[i] == ids[j] {
+                same.push(c)
+            } else {
+                diff.push(c)
+            }
+        }
+    }
+    if same.is_empty() || diff.is_empty() {
+        return None;
+    }
+    // Probability that a same pair outscores a different pair (ties count half).
+    let mut wins = 0.0;
+    for s in &same {
+        for d in &diff {
+            wins += if s > d {
+                1.0
+            } else if s == d {
+                0.5
+            } else {
+                0.0
+            };
+        }
+    }
+    Some(wins / (same.len() * diff.len()) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detection::BBox;
+
+    fn det(c: u32, s: f32, x: f32) -> Detection {
+        Detection {
+            class_id: c,
+            label: String::new(),
+            score: s,
+            bbox: BBox {
+                x1: x,
+                y1: 0.0,
+                x2: x + 10.0,
+                y2: 10.0,
+            },
+        }
+    }
+
+    #[test]
+    fn identical_detections_agree_fully() {
+        let t = vec![
+            vec![det(0, 0.9, 0.0), det(1, 0.8, 50.0)],
+            vec![det(0, 0.7, 20.0)],
+        ];
+        assert!((agreement_map50(&t, &t) - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_missed_box_halves_recall() {
+        let t = vec![vec![det(0, 0.9, 0.0), det(0, 0.8, 50.0)]];
+        let p = vec![vec![det(0, 0.9, 1.0)]]; // IoU 9/11 with the first: a hit
+        assert!((agreement_map50(&t, &p) - 0.5).abs() < 1e-9);
+        // A false positive scored above the hit: precision 1/2 at recall 1/2.
+        let p = vec![vec![det(0, 0.95, 200.0), det(0, 0.9, 1.0)]];
+        assert!((agreement_map50(&t, &p) - 0.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn auc_separates_identities() {
+        let e = vec![
+            vec![1.0, 0.0],
+            vec![0.9, 0.1],
+            vec![0.0, 1.0],
+            vec![0.1, 0.9],
+        ];
+        let ids: Vec<String> = ["a", "a", "b", "b"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(verification_auc(&e, &ids), Some(1.0));
+        let swapped: Vec<String> = ["a", "b", "a", "b"].iter().map(|s| s.to_string()).collect();
+        assert!(verification_auc(&e, &swapped).unwrap() < 0.5);
+        assert!((cosine(&[1.0, 0.0], &[0.0, 2.0])).abs() < 1e-12);
+    }
+}

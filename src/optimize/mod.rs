@@ -1,0 +1,370 @@
+//! `edgesight optimize`: an FP32 ONNX model plus calibration images in, a faster artifact out.
+//!
+//! INT8 is explicit quantization ([`qdq`]): Q/DQ pairs placed in the graph from ranges that
+//! [`calibrate`] measured with one of the [`calibrator`]s. FP16 is [`fp16`]. Either way the
+//! artifact folder holds `model.onnx`, `artifact.toml` (what was done, from what, with which
+//! figures) and `report.md` with its plots; `edgesight run --model-dir DIR` consumes it.
+//!
+//! The work happens in a scratch folder next to `--out`, renamed into place only once
+//! everything succeeded: a failure leaves no half-written artifact.
+
+pub mod artifact;
+pub mod calibrate;
+pub mod calibrator;
+pub mod fidelity;
+pub mod fp16;
+pub mod qdq;
+pub mod report;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Engine, EngineConfig, EngineError, Provider};
+use crate::models::{preprocess_spec, Manifest, ModelError};
+use crate::onnx::{Model, OnnxError};
+use crate::stats::Percentiles;
+use crate::tensor::Tensor;
+use calibrator::{Method, Range, TensorStats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OptimizeError {
+    #[error(transparent)]
+    Onnx(#[from] OnnxError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("calibration folder {dir}: {reason}")]
+    Calibration { dir: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Fp32,
+    Fp16,
+    Int8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    Cpu,
+    Tensorrt,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+            Precision::Int8 => "int8",
+        })
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Target::Cpu => "cpu",
+            Target::Tensorrt => "tensorrt",
+        })
+    }
+}
+
+/// Everything `optimize` needs, resolved by the CLI.
+#[derive(Debug, Clone)]
+pub struct OptimizeSpec {
+    pub manifest: Manifest,
+    pub precision: Precision,
+    pub target: Target,
+    pub calibration: PathBuf,
+    pub heldout: PathBuf,
+    pub method: Method,
+    pub exclude: qdq::Exclusions,
+    /// Fidelity the INT8 model must keep (0..1); the most sensitive layers stay float until it
+    /// does.
+    pub keep_accuracy: Option<f64>,
+    pub out: PathBuf,
+    pub engine: EngineConfig,
+    /// Timed runs per model for the latency figures.
+    pub bench_runs: usize,
+}
+
+/// Progress of the long steps: (step, done, total).
+pub type ProgressFn<'a> = &'a dyn Fn(&str, u64, u64);
+
+/// The figures for one precision.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Figures {
+    pub precision: String,
+    pub fidelity: Option<fidelity::Fidelity>,
+    pub latency_b1: Percentiles,
+    pub size_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LayerSensitivity {
+    pub layer: String,
+    /// Fidelity with only this layer quantized.
+    pub fidelity: f64,
+}
+
+/// What `optimize` did, as `artifact.toml` records it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outcome {
+    pub out: PathBuf,
+    pub artifact: artifact::Artifact,
+}
+
+/// Which precisions a target can run.
+pub fn check_target(precision: Precision, target: Target) -> Result<(), OptimizeError> {
+    match (precision, target) {
+        (Precision::Fp16, Target::Cpu) => Err(OptimizeError::Unsupported(
+            "precision fp16 is not available on --target cpu: ONNX Runtime's CPU provider has no \
+             float16 kernels for most ops here; use --target tensorrt (GPU) or --precision int8"
+                .into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, OptimizeError> {
+    check_target(spec.precision, spec.target)?;
+    let src = Model::load(&spec.manifest.file)?;
+    if spec.target == Target::Tensorrt {
+        artifact::check_tensorrt(&spec.manifest.file, spec.precision, &spec.engine)?;
+    }
+    let source_sha = calibrate::file_sha256(&spec.manifest.file)?;
+    // The FP32 reference, on the CPU: fidelity is measured against it whatever the target.
+    let cpu = EngineConfig {
+        provider: Provider::Cpu,
+        ..spec.engine.clone()
+    };
+    let mut fp32 = Engine::load(&spec.manifest.file, &cpu)?;
+    let pre = preprocess_spec(&spec.manifest, fp32.io())?;
+
+    let parent = spec
+        .out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| OptimizeError::Io {
+        path: parent.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let scratch = tempfile::Builder::new()
+        .prefix(".optimize-")
+        .tempdir_in(parent)
+        .map_err(|e| OptimizeError::Io {
+            path: parent.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+
+    // Held-out frames: fidelity and latency are measured on these, never on calibration images.
+    let heldout_set = calibrate::ImageSet::open(&spec.heldout)?;
+    let (held, _) = calibrate::tensors(&heldout_set, &pre, &|d, t| {
+        progress("held-out frames", d, t)
+    })?;
+    let identities: Option<Vec<String>> = heldout_set
+        .images
+        .iter()
+        .map(|p| fidelity::identity_of(p))
+        .collect();
+
+    let mut cal_info = None;
+    let mut sensitivity = Vec::new();
+    let mut excluded: Vec<String> = Vec::new();
+    let mut qreport = None;
+    let candidate: Model = match spec.precision {
+        Precision::Fp32 => src.clone(),
+        Precision::Fp16 => fp16::convert(&src, &fp16::Fp16Options::default())?.0,
+        Precision::Int8 => {
+            let set = calibrate::ImageSet::open(&spec.calibration)?;
+            let key = calibrate::cache_key(&source_sha, &set.sha256, &pre);
+            let (stats, skipped, cached) = match calibrate::load_cached(&key) {
+                Some(s) => (s, 0, true),
+                None => {
+                    let (inputs, bad) = calibrate::tensors(&set, &pre, &|d, t| {
+                        progress("decoding calibration images", d, t)
+                    })?;
+                    let s = calibrate::collect(&src, &inputs, &cpu, scratch.path(), &|d, t| {
+                        progress("calibrating", d, t)
+                    })?;
+                    calibrate::store_cached(&key, &s);
+                    (s, bad.len(), false)
+                }
+            };
+            let ranges = ranges_of(&stats, spec.method);
+            let act = match spec.target {
+                Target::Cpu => qdq::ActivationType::U8Asymmetric,
+                Target::Tensorrt => qdq::ActivationType::I8Symmetric,
+            };
+            let mut exclude = spec.exclude.clone();
+            let (mut q, mut rep) = qdq::quantize(&src, &ranges, act, &exclude)?;
+            if let Some(target_fid) = spec.keep_accuracy {
+                let probe: Vec<Tensor> = held.iter().take(8).cloned().collect();
+                let fp32_out = fidelity::outputs_of(&mut fp32, &probe)?;
+                let score = |m: &Model, tag: &str| -> Result<f64, OptimizeError> {
+                    let p = scratch.path().join(format!("{tag}.onnx"));
+                    m.save(&p)?;
+                    let mut e = Engine::load(&p, &cpu)?;
+                    let out = fidelity::outputs_of(&mut e, &probe)?;
+                    Ok(fidelity::compare(
+                        &fp32_out,
+                        &out,
+                        spec.manifest.family,
+                        &spec.manifest,
+                        fp32.io(),
+                    )?
+                    .score())
+                };
+                // Sensitivity: each weighted layer quantized on its own.
+                let layers = rep.quantized_layers.clone();
+                let all_nodes: Vec<String> = src.graph().node.iter().map(qdq::node_label).collect();
+                for (i, layer) in layers.iter().enumerate() {
+                    let mut only = exclude.clone();
+                    only.names
+                        .extend(all_nodes.iter().filter(|n| *n != layer).cloned());
+                    let (m, _) = qdq::quantize(&src, &ranges, act, &only)?;
+                    sensitivity.push(LayerSensitivity {
+                        layer: layer.clone(),
+                        fidelity: score(&m, "probe")?,
+                    });
+                    progress("layer sensitivity", i as u64 + 1, layers.len() as u64);
+                }
+                let mut order: Vec<&LayerSensitivity> = sensitivity.iter().collect();
+                order.sort_by(|a, b| a.fidelity.total_cmp(&b.fidelity));
+                let mut fid = score(&q, "mixed")?;
+                for s in order {
+                    if fid >= target_fid {
+                        break;
+                    }
+                    exclude.names.insert(s.layer.clone());
+                    (q, rep) = qdq::quantize(&src, &ranges, act, &exclude)?;
+                    fid = score(&q, "mixed")?;
+                    tracing::info!(layer = %s.layer, fidelity = fid, "kept in float");
+                }
+                if fid < target_fid {
+                    tracing::warn!(
+                        fidelity = fid,
+                        target = target_fid,
+                        "fidelity target not reached even with every sensitive layer in float"
+                    );
+                }
+            }
+            excluded = rep.excluded.clone();
+            for (op, n) in &rep.unknown_ops {
+                tracing::warn!(op = %op, nodes = n, "op unknown to the quantizer: left in float");
+            }
+            cal_info = Some(artifact::CalibrationInfo {
+                method: spec.method.to_string(),
+                dir: set.dir.display().to_string(),
+                sha256: set.sha256.clone(),
+                images: set.images.len(),
+                skipped,
+                cached,
+            });
+            qreport = Some(rep);
+            q
+        }
+    };
+
+    let model_path = scratch.path().join("model.onnx");
+    candidate.save(&model_path)?;
+    let mut figures = Vec::new();
+    let fp32_size = std::fs::metadata(&spec.manifest.file)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let fp32_lat = fidelity::latency(&mut fp32, &held[0], spec.bench_runs)?;
+    let fp32_out = fidelity::outputs_of(&mut fp32, &held)?;
+    figures.push(Figures {
+        precision: "fp32".into(),
+        fidelity: None,
+        latency_b1: fp32_lat,
+        size_bytes: fp32_size,
+    });
+    if spec.precision != Precision::Fp32 {
+        let mut cand = Engine::load(&model_path, &cpu)?;
+        let lat = fidelity::latency(&mut cand, &held[0], spec.bench_runs)?;
+        let out = fidelity::outputs_of(&mut cand, &held)?;
+        let fid = fidelity::compare_with_identities(
+            &fp32_out,
+            &out,
+            spec.manifest.family,
+            &spec.manifest,
+            fp32.io(),
+            identities.as_deref(),
+        )?;
+        figures.push(Figures {
+            precision: spec.precision.to_string(),
+            fidelity: Some(fid),
+            latency_b1: lat,
+            size_bytes: std::fs::metadata(&model_path).map(|m| m.len()).unwrap_or(0),
+        });
+    }
+
+    let tensorrt = if spec.target == Target::Tensorrt {
+        Some(artifact::build_tensorrt(
+            &model_path,
+            scratch.path(),
+            spec.precision,
+            &spec.engine,
+        )?)
+    } else {
+        None
+    };
+
+    let art = artifact::Artifact {
+        model: spec.manifest.clone(),
+        precision: spec.precision,
+        target: spec.target,
+        source_model: spec.manifest.file.display().to_string(),
+        source_sha256: source_sha,
+        heldout_dir: heldout_set.dir.display().to_string(),
+        heldout_images: held.len(),
+        calibration: cal_info,
+        excluded,
+        quantized_layers: qreport
+            .as_ref()
+            .map(|r| r.quantized_layers.len())
+            .unwrap_or(0),
+        unknown_ops: qreport.map(|r| r.unknown_ops).unwrap_or_default(),
+        figures,
+        sensitivity,
+        tensorrt,
+        created_by: format!("edgesight {}", env!("CARGO_PKG_VERSION")),
+    };
+    art.write(scratch.path())?;
+    report::write(&art, scratch.path())?;
+
+    // Everything is in place: swap the finished folder in.
+    if spec.out.exists() {
+        std::fs::remove_dir_all(&spec.out).map_err(|e| OptimizeError::Io {
+            path: spec.out.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    let done = scratch.keep();
+    std::fs::rename(&done, &spec.out).map_err(|e| OptimizeError::Io {
+        path: spec.out.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(Outcome {
+        out: spec.out.clone(),
+        artifact: art,
+    })
+}
+
+pub fn ranges_of(stats: &HashMap<String, TensorStats>, method: Method) -> HashMap<String, Range> {
+    stats
+        .iter()
+        .map(|(k, s)| (k.clone(), s.range(method)))
+        .collect()
+}

@@ -1,0 +1,656 @@
+//! INT8 quantization in the explicit Q/DQ form: `QuantizeLinear → DequantizeLinear` pairs in the
+//! ONNX graph itself, which ONNX Runtime's CPU kernels fuse into integer ops (QLinearConv,
+//! MatMulInteger, ...) and which TensorRT ≥ 8 builds INT8 engines from. TensorRT's implicit
+//! calibrators are deprecated since 10.1, so this one graph serves both.
+//!
+//! - Weights: int8, symmetric, per output channel, stored quantized behind a DequantizeLinear.
+//! - Biases of Conv/Gemm: int32 with scale `s_input * s_weight[c]`, as the fused kernels expect.
+//! - Activations: per tensor; uint8 asymmetric for ONNX Runtime's CPU kernels (u8s8 is their
+//!   fast path), int8 symmetric for TensorRT (it accepts nothing else).
+//!
+//! Mul stays float: in the graphs seen here it scales (PReLU slopes, attention), where int8 buys
+//! nothing and costs accuracy.
+//!
+//! Ops that only move data (Reshape, Transpose, MaxPool, ...) reuse their input's scale, so the
+//! runtime can drop the Q/DQ around them instead of requantizing.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use super::calibrator::{per_channel_scales, Range};
+use crate::onnx::{self, pb, DataType, Model};
+
+/// Ops with weights, quantized per channel.
+const WEIGHTED: &[&str] = &["Conv", "MatMul", "Gemm"];
+/// Ops whose float inputs and outputs get Q/DQ so that runtimes can run them in int8.
+const ACTIVATION: &[&str] = &[
+    "Add",
+    "Relu",
+    "Clip",
+    "LeakyRelu",
+    "PRelu",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "Concat",
+    "Reshape",
+    "Transpose",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Resize",
+    "Pad",
+];
+/// Data movement: the output takes the input's quantization parameters.
+const SHARES_INPUT_RANGE: &[&str] = &[
+    "Reshape",
+    "Transpose",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "MaxPool",
+    "Pad",
+];
+/// Ops this quantizer knows and leaves in float on purpose: precision-sensitive math, shape
+/// arithmetic and post-processing.
+const KNOWN_FLOAT: &[&str] = &[
+    "Mul",
+    "Sigmoid",
+    "Softmax",
+    "LogSoftmax",
+    "Exp",
+    "Log",
+    "Div",
+    "Sub",
+    "Cast",
+    "Shape",
+    "Gather",
+    "GatherND",
+    "GatherElements",
+    "TopK",
+    "NonMaxSuppression",
+    "Slice",
+    "Split",
+    "ReduceMean",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceSum",
+    "ReduceProd",
+    "ReduceL2",
+    "Sqrt",
+    "Pow",
+    "Tanh",
+    "Floor",
+    "Ceil",
+    "Round",
+    "ArgMax",
+    "ArgMin",
+    "Identity",
+    "Constant",
+    "ConstantOfShape",
+    "Range",
+    "Expand",
+    "Tile",
+    "Equal",
+    "Greater",
+    "GreaterOrEqual",
+    "Less",
+    "LessOrEqual",
+    "Where",
+    "Not",
+    "And",
+    "Or",
+    "Min",
+    "Max",
+    "Abs",
+    "Neg",
+    "Reciprocal",
+    "BatchNormalization",
+    "InstanceNormalization",
+    "LayerNormalization",
+    "Erf",
+    "HardSigmoid",
+    "HardSwish",
+    "Upsample",
+    "ConvTranspose",
+    "Dropout",
+    "Einsum",
+    "NonZero",
+    "ScatterND",
+    "ScatterElements",
+    "Softplus",
+    "Mish",
+    "Elu",
+    "Selu",
+    "CumSum",
+    "LRN",
+    "Sign",
+    "Size",
+    "DepthToSpace",
+    "SpaceToDepth",
+    "Sum",
+    "Mean",
+    "OneHot",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "Trilu",
+    "Mod",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivationType {
+    /// ONNX Runtime CPU.
+    U8Asymmetric,
+    /// TensorRT.
+    I8Symmetric,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Exclusions {
+    /// Node names left in float.
+    pub names: BTreeSet<String>,
+    /// Op types left in float.
+    pub ops: BTreeSet<String>,
+}
+
+impl Exclusions {
+    pub fn excludes(&self, n: &pb::NodeProto) -> bool {
+        self.names.contains(n.name()) || self.ops.contains(n.op_type())
+    }
+}
+
+/// What the quantizer did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct QdqReport {
+    /// Weighted layers now in int8.
+    pub quantized_layers: Vec<String>,
+    /// Activation tensors with a Q/DQ pair.
+    pub quantized_tensors: usize,
+    /// Layers the user (or the accuracy search) kept in float.
+    pub excluded: Vec<String>,
+    /// Op types the quantizer does not know, left in float: (op, count).
+    pub unknown_ops: BTreeMap<String, usize>,
+}
+
+fn quantizable(op: &str) -> bool {
+    WEIGHTED.contains(&op) || ACTIVATION.contains(&op)
+}
+
+/// Input positions that carry activations (not shapes, axes, scales or weights).
+fn data_inputs(n: &pb::NodeProto, inits: &HashSet<&str>) -> Vec<usize> {
+    let all = |n: &pb::NodeProto| -> Vec<usize> {
+        (0..n.input.len())
+            .filter(|&i| !n.input[i].is_empty() && !inits.contains(n.input[i].as_str()))
+            .collect()
+    };
+    match n.op_type() {
+        "Conv" | "Gemm" => vec![0],
+        "MatMul" | "Add" | "Mul" | "Concat" => all(n),
+        _ => vec![0],
+    }
+    .into_iter()
+    .filter(|&i| i < n.input.len() && !inits.contains(n.input[i].as_str()))
+    .collect()
+}
+
+/// The float tensors whose ranges calibration must measure: data inputs and outputs of every
+/// quantizable node.
+pub fn calibration_tensors(model: &Model) -> Vec<String> {
+    let g = model.graph();
+    let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name()).collect();
+    let float_inputs: HashSet<&str> = g
+        .input
+        .iter()
+        .filter(|v| onnx::value_info_elem(v) == Some(DataType::Float as i32))
+        .map(|v| v.name())
+        .collect();
+    let graph_inputs: HashSet<&str> = g.input.iter().map(|v| v.name()).collect();
+    let types = onnx::infer_elem_types(model);
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for n in &g.node {
+        if !quantizable(n.op_type()) {
+            continue;
+        }
+        let mut names: Vec<&str> = data_inputs(n, &inits)
+            .into_iter()
+            .map(|i| n.input[i].as_str())
+            .collect();
+        if let Some(o) = n.output.first() {
+            names.push(o.as_str());
+        }
+        for t in names {
+            // A non-float graph input (uint8 images) cannot be quantized this way.
+            if graph_inputs.contains(t) && !float_inputs.contains(t) {
+                continue;
+            }
+            // Shape arithmetic (int64 Concat, Gather) is not an activation.
+            if types.get(t).is_some_and(|&e| e != DataType::Float as i32) {
+                continue;
+            }
+            if !t.is_empty() && seen.insert(t.to_string()) {
+                out.push(t.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// A copy of `model` whose outputs also include `tensors`, for calibration runs.
+pub fn with_extra_outputs(model: &Model, tensors: &[String]) -> Model {
+    let mut m = model.clone();
+    let g = m.graph_mut();
+    let existing: HashSet<String> = g.output.iter().map(|o| o.name().to_string()).collect();
+    for t in tensors {
+        if !existing.contains(t) {
+            g.output.push(onnx::value_info(t, DataType::Float));
+        }
+    }
+    m
+}
+
+struct QParams {
+    scale: f32,
+    zero_point: i32,
+}
+
+fn qparams(r: &Range, act: ActivationType) -> QParams {
+    match act {
+        ActivationType::U8Asymmetric => {
+            let (scale, zp) = r.asymmetric_u8();
+            QParams {
+                scale,
+                zero_point: zp as i32,
+            }
+        }
+        ActivationType::I8Symmetric => QParams {
+            scale: r.symmetric_i8(),
+            zero_point: 0,
+        },
+    }
+}
+
+/// Quantizes `model`. `ranges` holds the calibrated range of each tensor named by
+/// [`calibration_tensors`]; a tensor without one stays float.
+pub fn quantize(
+    model: &Model,
+    ranges: &HashMap<String, Range>,
+    act: ActivationType,
+    exclude: &Exclusions,
+) -> Result<(Model, QdqReport), onnx::OnnxError> {
+    let mut out = model.clone();
+    let opset = model.opset();
+    if opset < 10 {
+        return Err(onnx::OnnxError::Graph {
+            path: model.path.clone(),
+            reason: format!("opset {opset} has no QuantizeLinear (needs 10 or later)"),
+        });
+    }
+    let per_channel_ok = opset >= 13;
+    let g = model.graph();
+    let init_idx: HashMap<&str, usize> = g
+        .initializer
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name(), i))
+        .collect();
+    let inits: HashSet<&str> = init_idx.keys().copied().collect();
+
+    let mut report = QdqReport::default();
+    // Which nodes run quantized.
+    let active: Vec<bool> = g
+        .node
+        .iter()
+        .map(|n| {
+            let op = n.op_type();
+            if !n.domain().is_empty() && n.domain() != "ai.onnx" {
+                *report
+                    .unknown_ops
+                    .entry(format!("{}:{op}", n.domain()))
+                    .or_default() += 1;
+                return false;
+            }
+            if quantizable(op) {
+                if exclude.excludes(n) {
+                    report.excluded.push(node_label(n));
+                    return false;
+                }
+                return true;
+            }
+            if !KNOWN_FLOAT.contains(&op) {
+                *report.unknown_ops.entry(op.to_string()).or_default() += 1;
+            }
+            false
+        })
+        .collect();
+
+    // Quantization parameters per tensor, data-movement ops inheriting their input's.
+    let mut tq: HashMap<String, QParams> = HashMap::new();
+    let calibrated = |t: &str| ranges.get(t).map(|r| qparams(r, act));
+    for (n, &on) in g.node.iter().zip(&active) {
+        if !on {
+            continue;
+        }
+        for i in data_inputs(n, &inits) {
+            let t = &n.input[i];
+            if !tq.contains_key(t) {
+                if let Some(q) = calibrated(t) {
+                    tq.insert(t.clone(), q);
+                }
+            }
+        }
+        if let Some(o) = n.output.first() {
+            let inherited = if SHARES_INPUT_RANGE.contains(&n.op_type()) {
+                tq.get(&n.input[0]).map(|q| QParams {
+                    scale: q.scale,
+                    zero_point: q.zero_point,
+                })
+            } else {
+                None
+            };
+            if let Some(q) = inherited.or_else(|| calibrated(o)) {
+                tq.insert(o.clone(), q);
+            }
+        }
+    }
+
+    let zp_type = match act {
+        ActivationType::U8Asymmetric => DataType::Uint8,
+        ActivationType::I8Symmetric => DataType::Int8,
+    };
+    let mut new_inits: Vec<pb::TensorProto> = Vec::new();
+    let mut new_nodes: Vec<pb::NodeProto> = Vec::new();
+    let mut emitted: HashSet<String> = HashSet::new();
+
+    // Graph inputs first, so their pairs precede every consumer.
+    for v in &g.input {
+        if tq.contains_key(v.name()) && !inits.contains(v.name()) {
+            emit_qdq(
+                v.name(),
+                &tq,
+                zp_type,
+                &mut emitted,
+                &mut new_nodes,
+                &mut new_inits,
+            );
+        }
+    }
+    let mut used_inits: HashSet<String> = HashSet::new();
+    for (n, &on) in g.node.iter().zip(&active) {
+        let mut node = n.clone();
+        // Every consumer but an excluded layer reads the dequantized copy: ONNX Runtime fuses a
+        // quantized op only when its output feeds nothing but its QuantizeLinear.
+        if !exclude.excludes(n) {
+            for inp in node.input.iter_mut() {
+                if emitted.contains(inp.as_str()) {
+                    *inp = dq_name(inp);
+                }
+            }
+        }
+        if on
+            && WEIGHTED.contains(&n.op_type())
+            && quantize_weights(
+                model,
+                n,
+                &mut node,
+                &init_idx,
+                tq.get(&n.input[0]).map(|q| q.scale),
+                per_channel_ok,
+                &mut new_inits,
+                &mut new_nodes,
+            )
+            .is_some()
+        {
+            report.quantized_layers.push(node_label(n));
+        }
+        for i in &node.input {
+            used_inits.insert(i.clone());
+        }
+        let outputs = node.output.clone();
+        new_nodes.push(node);
+        // Right after the producer, whatever it is: a float op feeding a quantized one gets
+        // its Q here, so that every later consumer reads the same dequantized copy.
+        for o in &outputs {
+            emit_qdq(
+                o,
+                &tq,
+                zp_type,
+                &mut emitted,
+                &mut new_nodes,
+                &mut new_inits,
+            );
+        }
+    }
+    for n in &new_nodes {
+        for i in &n.input {
+            used_inits.insert(i.clone());
+        }
+    }
+    report.quantized_tensors = emitted.len();
+
+    let og = out.graph_mut();
+    og.node = new_nodes;
+    let mut all_inits: Vec<pb::TensorProto> = g
+        .initializer
+        .iter()
+        .filter(|t| used_inits.contains(t.name()) || graph_outputs_contains(g, t.name()))
+        .cloned()
+        .collect();
+    all_inits.extend(new_inits);
+    og.initializer = all_inits;
+    // Initializers listed as graph inputs (old exporters) must go with them.
+    let kept: HashSet<String> = og
+        .initializer
+        .iter()
+        .map(|t| t.name().to_string())
+        .collect();
+    og.input
+        .retain(|v| !inits.contains(v.name()) || kept.contains(v.name()));
+    Ok((out, report))
+}
+
+fn dq_name(t: &str) -> String {
+    format!("{t}__dq")
+}
+
+/// Adds the Q/DQ pair of tensor `t` (once), reading `t` and producing `t__dq`.
+fn emit_qdq(
+    t: &str,
+    tq: &HashMap<String, QParams>,
+    zp_type: DataType,
+    emitted: &mut HashSet<String>,
+    new_nodes: &mut Vec<pb::NodeProto>,
+    new_inits: &mut Vec<pb::TensorProto>,
+) {
+    let Some(q) = tq.get(t) else { return };
+    if !emitted.insert(t.to_string()) {
+        return;
+    }
+    let (s, z) = (format!("{t}__scale"), format!("{t}__zp"));
+    new_inits.push(onnx::tensor_from_f32(&s, &[], &[q.scale]));
+    new_inits.push(match zp_type {
+        DataType::Uint8 => onnx::tensor_from_u8(&z, &[], &[q.zero_point as u8]),
+        _ => onnx::tensor_from_i8(&z, &[], &[q.zero_point as i8]),
+    });
+    let qt = format!("{t}__q");
+    new_nodes.push(onnx::node(
+        "QuantizeLinear",
+        &format!("{t}__Q"),
+        &[t, &s, &z],
+        &[&qt],
+        vec![],
+    ));
+    new_nodes.push(onnx::node(
+        "DequantizeLinear",
+        &format!("{t}__DQ"),
+        &[&qt, &s, &z],
+        &[&dq_name(t)],
+        vec![],
+    ));
+}
+
+fn graph_outputs_contains(g: &pb::GraphProto, name: &str) -> bool {
+    g.output.iter().any(|o| o.name() == name)
+}
+
+pub fn node_label(n: &pb::NodeProto) -> String {
+    if n.name().is_empty() {
+        format!(
+            "{}({})",
+            n.op_type(),
+            n.output.first().map(String::as_str).unwrap_or("")
+        )
+    } else {
+        n.name().to_string()
+    }
+}
+
+/// Replaces a weighted node's float weight (and bias) with int8 (int32) initializers behind
+/// DequantizeLinear. Returns `None` when the node has no float weight initializer.
+#[allow(clippy::too_many_arguments)]
+fn quantize_weights(
+    model: &Model,
+    n: &pb::NodeProto,
+    node: &mut pb::NodeProto,
+    init_idx: &HashMap<&str, usize>,
+    input_scale: Option<f32>,
+    per_channel_ok: bool,
+    new_inits: &mut Vec<pb::TensorProto>,
+    new_nodes: &mut Vec<pb::NodeProto>,
+) -> Option<()> {
+    let g = model.graph();
+    let wi = match n.op_type() {
+        "MatMul" => (0..2).find(|&i| {
+            n.input
+                .get(i)
+                .is_some_and(|x| init_idx.contains_key(x.as_str()))
+        })?,
+        _ => 1,
+    };
+    let w = &g.initializer[*init_idx.get(n.input.get(wi)?.as_str())?];
+    let values = onnx::tensor_f32(w)?;
+    let dims = w.dims.clone();
+    // The axis holding output channels.
+    let axis: i64 = match n.op_type() {
+        "Conv" => 0,
+        "Gemm" if onnx::get_attr_int(n, "transB") == Some(1) => 0,
+        "Gemm" => 1,
+        _ if wi == 1 && dims.len() == 2 => 1,
+        _ => -1, // per tensor
+    };
+    let per_channel = per_channel_ok && axis >= 0 && dims.len() >= 2;
+    let scales: Vec<f32> = if per_channel && axis == 0 {
+        per_channel_scales(&values, dims[0] as usize)
+    } else if per_channel {
+        let (k, c) = (dims[0] as usize, dims[1] as usize);
+        (0..c)
+            .map(|j| {
+                let m = (0..k)
+                    .map(|i| values[i * c + j].abs())
+                    .fold(0.0f32, f32::max);
+                if m > 0.0 {
+                    m / 127.0
+                } else {
+                    1.0
+                }
+            })
+            .collect()
+    } else {
+        per_channel_scales(&values, 1)
+    };
+    let channel_of = |idx: usize| -> usize {
+        if !per_channel {
+            0
+        } else if axis == 0 {
+            idx / (values.len() / dims[0] as usize)
+        } else {
+            idx % dims[1] as usize
+        }
+    };
+    let q: Vec<i8> = values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (v / scales[channel_of(i)]).round().clamp(-127.0, 127.0) as i8)
+        .collect();
+    // Named after the node too: one weight may feed several nodes.
+    let name = format!("{}__{}", w.name(), node_label(n));
+    let (qn, sn, zn, dqn) = (
+        format!("{name}__q8"),
+        format!("{name}__wscale"),
+        format!("{name}__wzp"),
+        format!("{name}__wdq"),
+    );
+    let sdims: Vec<i64> = if per_channel {
+        vec![scales.len() as i64]
+    } else {
+        vec![]
+    };
+    new_inits.push(onnx::tensor_from_i8(&qn, &dims, &q));
+    new_inits.push(onnx::tensor_from_f32(&sn, &sdims, &scales));
+    new_inits.push(onnx::tensor_from_i8(&zn, &sdims, &vec![0i8; scales.len()]));
+    let attrs = if per_channel {
+        vec![onnx::attr_int("axis", axis)]
+    } else {
+        vec![]
+    };
+    new_nodes.push(onnx::node(
+        "DequantizeLinear",
+        &format!("{dqn}__DQ"),
+        &[&qn, &sn, &zn],
+        &[&dqn],
+        attrs,
+    ));
+    node.input[wi] = dqn;
+
+    // Bias: int32 at the scale the integer kernels accumulate in.
+    if matches!(n.op_type(), "Conv" | "Gemm") && n.input.len() > 2 && !n.input[2].is_empty() {
+        if let (Some(s_in), Some(&bi)) = (input_scale, init_idx.get(n.input[2].as_str())) {
+            let b = &g.initializer[bi];
+            if let Some(bv) = onnx::tensor_f32(b) {
+                let bscale: Vec<f32> = (0..bv.len())
+                    .map(|c| {
+                        s_in * scales[if per_channel {
+                            c.min(scales.len() - 1)
+                        } else {
+                            0
+                        }]
+                    })
+                    .collect();
+                // Per-axis DequantizeLinear needs opset 13; before that one scale must serve.
+                let (bscale, bdims, battrs) = if per_channel {
+                    (
+                        bscale,
+                        vec![bv.len() as i64],
+                        vec![onnx::attr_int("axis", 0)],
+                    )
+                } else {
+                    (vec![bscale[0]], vec![], vec![])
+                };
+                let bq: Vec<i32> = bv
+                    .iter()
+                    .zip(bscale.iter().cycle())
+                    .map(|(&v, &s)| (v / s).round().clamp(i32::MIN as f32, i32::MAX as f32) as i32)
+                    .collect();
+                let bname = b.name().to_string();
+                let (bqn, bsn, bzn, bdq) = (
+                    format!("{bname}__q32_{}", node_label(n)),
+                    format!("{bname}__bscale_{}", node_label(n)),
+                    format!("{bname}__bzp_{}", node_label(n)),
+                    format!("{bname}__bdq_{}", node_label(n)),
+                );
+                new_inits.push(onnx::tensor_from_i32(&bqn, &[bv.len() as i64], &bq));
+                new_inits.push(onnx::tensor_from_f32(&bsn, &bdims, &bscale));
+                new_inits.push(onnx::tensor_from_i32(&bzn, &bdims, &vec![0; bscale.len()]));
+                new_nodes.push(onnx::node(
+                    "DequantizeLinear",
+                    &format!("{bdq}__DQ"),
+                    &[&bqn, &bsn, &bzn],
+                    &[&bdq],
+                    battrs,
+                ));
+                node.input[2] = bdq;
+            }
+        }
+    }
+    Some(())
+}

@@ -1,0 +1,245 @@
+//! `report.md` and its SVG plots: what changed in accuracy and speed, for a person to look at.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use super::artifact::Artifact;
+use super::OptimizeError;
+
+pub const LATENCY_SVG: &str = "latency.svg";
+pub const SENSITIVITY_SVG: &str = "sensitivity.svg";
+
+pub fn write(a: &Artifact, dir: &Path) -> Result<(), OptimizeError> {
+    let io_err = |e: String| OptimizeError::Io {
+        path: dir.join("report.md"),
+        reason: e,
+    };
+    latency_plot(a, &dir.join(LATENCY_SVG)).map_err(io_err)?;
+    if !a.sensitivity.is_empty() {
+        sensitivity_plot(a, &dir.join(SENSITIVITY_SVG)).map_err(io_err)?;
+    }
+    std::fs::write(dir.join("report.md"), markdown(a)).map_err(|e| io_err(e.to_string()))
+}
+
+pub fn markdown(a: &Artifact) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# {} → {} for {}\n", a.model.name, a.precision, a.target);
+    let _ = writeln!(
+        s,
+        "Source `{}` (sha256 `{}`), written by {}.\n",
+        a.source_model,
+        &a.source_sha256[..16.min(a.source_sha256.len())],
+        a.created_by
+    );
+    if let Some(c) = &a.calibration {
+        let _ = writeln!(
+            s,
+            "Calibrated with **{}** on {} images in `{}` (set sha256 `{}`, {} skipped{}).\n",
+            c.method,
+            c.images,
+            c.dir,
+            &c.sha256[..16.min(c.sha256.len())],
+            c.skipped,
+            if c.cached {
+                ", statistics from the cache"
+            } else {
+                ""
+            }
+        );
+    }
+    let _ = writeln!(
+        s,
+        "Fidelity and speed are measured against FP32 on {} held-out frames in `{}`, none of \
+         them in the calibration set. Latency is batch 1 on ONNX Runtime's CPU provider.\n",
+        a.heldout_images, a.heldout_dir
+    );
+    let _ = writeln!(
+        s,
+        "| precision | agreement mAP50 | mean cosine | worst-frame cosine | verification AUC (fp32 → this) | p50 ms | p95 ms | speed-up | size |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+    let base = a
+        .figures
+        .first()
+        .map(|f| f.latency_b1.p50_ms)
+        .unwrap_or(0.0);
+    for f in &a.figures {
+        let (map, cos, worst, auc) = match &f.fidelity {
+            Some(x) => (
+                x.map50.map(|m| format!("{m:.4}")).unwrap_or("–".into()),
+                format!("{:.5}", x.mean_cosine),
+                format!("{:.5}", x.min_cosine),
+                x.auc
+                    .map(|(r, c)| format!("{r:.4} → {c:.4}"))
+                    .unwrap_or("–".into()),
+            ),
+            None => ("reference".into(), "1".into(), "1".into(), "–".into()),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2}× | {:.2} MB |",
+            f.precision,
+            map,
+            cos,
+            worst,
+            auc,
+            f.latency_b1.p50_ms,
+            f.latency_b1.p95_ms,
+            if f.latency_b1.p50_ms > 0.0 {
+                base / f.latency_b1.p50_ms
+            } else {
+                0.0
+            },
+            f.size_bytes as f64 / 1e6
+        );
+    }
+    let _ = writeln!(s, "\n![latency]({LATENCY_SVG})\n");
+    if a.quantized_layers > 0 || !a.excluded.is_empty() {
+        let _ = writeln!(
+            s,
+            "{} weighted layers in INT8; kept in float: {}.\n",
+            a.quantized_layers,
+            if a.excluded.is_empty() {
+                "none".to_string()
+            } else {
+                a.excluded.join(", ")
+            }
+        );
+    }
+    if !a.unknown_ops.is_empty() {
+        let ops: Vec<String> = a
+            .unknown_ops
+            .iter()
+            .map(|(k, v)| format!("{k} ×{v}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "Ops unknown to the quantizer, left in float: {}.\n",
+            ops.join(", ")
+        );
+    }
+    if !a.sensitivity.is_empty() {
+        let _ = writeln!(
+            s,
+            "## Per-layer sensitivity\n\nFidelity with only that layer quantized (lower is more \
+             sensitive); the accuracy search keeps the most sensitive layers in float first.\n\n![sensitivity]({SENSITIVITY_SVG})\n"
+        );
+        let mut v: Vec<_> = a.sensitivity.iter().collect();
+        v.sort_by(|x, y| x.fidelity.total_cmp(&y.fidelity));
+        let _ = writeln!(s, "| layer | fidelity alone |\n|---|---|");
+        for l in v.iter().take(10) {
+            let _ = writeln!(s, "| `{}` | {:.5} |", l.layer, l.fidelity);
+        }
+    }
+    if let Some(t) = &a.tensorrt {
+        let _ = writeln!(
+            s,
+            "\nTensorRT engines (fp16 {}, int8 {}) are cached in `{}/`.",
+            t.fp16, t.int8, t.engine_cache
+        );
+    }
+    s
+}
+
+fn latency_plot(a: &Artifact, path: &Path) -> Result<(), String> {
+    let root = SVGBackend::new(path, (640, 360)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let max = a
+        .figures
+        .iter()
+        .map(|f| f.latency_b1.p95_ms)
+        .fold(0.0f64, f64::max)
+        .max(1e-3)
+        * 1.15;
+    let n = a.figures.len();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "{}: batch-1 latency on CPU (p50 bar, p95 tick)",
+                a.model.name
+            ),
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d((0..n).into_segmented(), 0.0..max)
+        .map_err(|e| e.to_string())?;
+    let names: Vec<String> = a.figures.iter().map(|f| f.precision.clone()).collect();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .y_desc("ms")
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
+        .draw()
+        .map_err(|e| e.to_string())?;
+    chart
+        .draw_series(a.figures.iter().enumerate().map(|(i, f)| {
+            let color = if i == 0 {
+                BLUE.mix(0.6)
+            } else {
+                GREEN.mix(0.7)
+            };
+            Rectangle::new(
+                [
+                    (SegmentValue::Exact(i), 0.0),
+                    (SegmentValue::Exact(i + 1), f.latency_b1.p50_ms),
+                ],
+                color.filled(),
+            )
+        }))
+        .map_err(|e| e.to_string())?;
+    chart
+        .draw_series(a.figures.iter().enumerate().map(|(i, f)| {
+            PathElement::new(
+                vec![
+                    (SegmentValue::Exact(i), f.latency_b1.p95_ms),
+                    (SegmentValue::Exact(i + 1), f.latency_b1.p95_ms),
+                ],
+                BLACK.stroke_width(2),
+            )
+        }))
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
+}
+
+fn sensitivity_plot(a: &Artifact, path: &Path) -> Result<(), String> {
+    let root = SVGBackend::new(path, (900, 380)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let v: Vec<f64> = a.sensitivity.iter().map(|s| s.fidelity).collect();
+    let lo = v.iter().copied().fold(1.0f64, f64::min);
+    let lo = (lo - (1.0 - lo) * 0.1).clamp(0.0, 0.999);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Fidelity with one layer quantized (graph order)",
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0..v.len(), lo..1.0f64)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("weighted layer")
+        .y_desc("fidelity")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    let excluded: std::collections::HashSet<&str> = a.excluded.iter().map(String::as_str).collect();
+    chart
+        .draw_series(a.sensitivity.iter().enumerate().map(|(i, s)| {
+            let color = if excluded.contains(s.layer.as_str()) {
+                RED.filled()
+            } else {
+                BLUE.mix(0.6).filled()
+            };
+            Rectangle::new([(i, lo), (i + 1, s.fidelity)], color)
+        }))
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
+}
