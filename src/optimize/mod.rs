@@ -167,6 +167,11 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
             reason: e.to_string(),
         })?;
 
+    // The calibration set first: a missing or empty one is the likelier mistake.
+    let cal_set = match spec.precision {
+        Precision::Int8 => Some(calibrate::ImageSet::open(&spec.calibration)?),
+        _ => None,
+    };
     // Held-out frames: fidelity and latency are measured on these, never on calibration images.
     let heldout_set = calibrate::ImageSet::open(&spec.heldout)?;
     let (held, _) = calibrate::tensors(&heldout_set, &pre, &|d, t| {
@@ -186,7 +191,7 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
         Precision::Fp32 => src.clone(),
         Precision::Fp16 => fp16::convert(&src, &fp16::Fp16Options::default())?.0,
         Precision::Int8 => {
-            let set = calibrate::ImageSet::open(&spec.calibration)?;
+            let set = cal_set.expect("opened above for int8");
             let key = calibrate::cache_key(&source_sha, &set.sha256, &pre);
             let (stats, skipped, cached) = match calibrate::load_cached(&key) {
                 Some(s) => (s, 0, true),
@@ -225,8 +230,10 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                     )?
                     .score())
                 };
-                // Sensitivity: each weighted layer quantized on its own.
-                let layers = rep.quantized_layers.clone();
+                // Sensitivity: each computing node (weighted layers, adds, activations)
+                // quantized on its own. Weighted layers alone are not enough: the activations'
+                // Q/DQ pairs alone can cost more than the target allows.
+                let layers = rep.quantized_compute.clone();
                 let all_nodes: Vec<String> = src.graph().node.iter().map(qdq::node_label).collect();
                 for (i, layer) in layers.iter().enumerate() {
                     let mut only = exclude.clone();

@@ -166,6 +166,9 @@ pub struct QdqReport {
     pub quantized_layers: Vec<String>,
     /// Activation tensors with a Q/DQ pair.
     pub quantized_tensors: usize,
+    /// Every node that computes in int8, data movement aside: the candidates of the accuracy
+    /// search.
+    pub quantized_compute: Vec<String>,
     /// Layers the user (or the accuracy search) kept in float.
     pub excluded: Vec<String>,
     /// Op types the quantizer does not know, left in float: (op, count).
@@ -376,6 +379,13 @@ pub fn quantize(
         }
     }
     let mut used_inits: HashSet<String> = HashSet::new();
+    report.quantized_compute = g
+        .node
+        .iter()
+        .zip(&active)
+        .filter(|(n, &on)| on && !SHARES_INPUT_RANGE.contains(&n.op_type()))
+        .map(|(n, _)| node_label(n))
+        .collect();
     for (n, &on) in g.node.iter().zip(&active) {
         let mut node = n.clone();
         // Every consumer but an excluded layer reads the dequantized copy: ONNX Runtime fuses a

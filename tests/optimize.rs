@@ -1,0 +1,616 @@
+//! `edgesight optimize` on real models and real images: MobileFaceNet (a small float face
+//! embedder) calibrated on face chips, measured on held-out chips of the same people.
+
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+
+use edgesight::onnx::{self, pb, Model};
+
+const MFN: &str = "models/cache/mobilefacenet.onnx";
+
+fn artifact(dir: &Path) -> toml::Value {
+    let text = std::fs::read_to_string(dir.join("artifact.toml")).expect("artifact.toml");
+    toml::from_str(&text).expect("artifact.toml parses")
+}
+
+fn int8_figures(a: &toml::Value) -> toml::Value {
+    a["figures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["precision"].as_str() == Some("int8"))
+        .expect("int8 figures")
+        .clone()
+}
+
+fn optimize(args: &[&str], cache: &Path) -> std::process::Output {
+    let mut a = vec!["optimize"];
+    a.extend(args);
+    edgesight_env(&a, &[("EDGESIGHT_CACHE", cache.to_str().unwrap())])
+}
+
+/// The real MobileFaceNet's Q/DQ INT8 model loads in ONNX Runtime and stays close to FP32.
+#[test]
+fn int8_mobilefacenet_stays_close_to_fp32() {
+    asset(MFN);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("mfn-int8");
+    let o = optimize(
+        &[
+            MFN,
+            "--method",
+            "percentile",
+            "--runs",
+            "5",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in ["model.onnx", "artifact.toml", "report.md", "latency.svg"] {
+        assert!(out.join(f).is_file(), "{f} in the artifact");
+    }
+    let a = artifact(&out);
+    assert_eq!(a["precision"].as_str(), Some("int8"));
+    let sha = edgesight::optimize::calibrate::file_sha256(&root().join(MFN)).unwrap();
+    assert_eq!(a["source_sha256"].as_str(), Some(sha.as_str()));
+    let cal = &a["calibration"];
+    assert_eq!(cal["method"].as_str(), Some("percentile:99.99"));
+    assert_eq!(cal["images"].as_integer(), Some(30));
+    assert_eq!(cal["skipped"].as_integer(), Some(0));
+    assert_eq!(cal["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(
+        a["quantized_layers"].as_integer(),
+        Some(52),
+        "every Conv in int8"
+    );
+
+    // Measured: mean cosine 0.979, worst held-out chip 0.964 (percentile 99.99, 2 threads).
+    let fid = &int8_figures(&a)["fidelity"];
+    let mean = fid["mean_cosine"].as_float().unwrap();
+    assert!(mean > 0.97 && mean < 1.0, "mean cosine {mean}");
+    assert!(fid["min_cosine"].as_float().unwrap() > 0.94);
+    let auc = fid["auc"].as_array().unwrap();
+    assert!(
+        auc[1].as_float().unwrap() > 0.95,
+        "INT8 still tells the people apart: {auc:?}"
+    );
+
+    // The graph really is int8: weights behind DequantizeLinear, a smaller file.
+    let m = Model::load(&out.join("model.onnx")).unwrap();
+    let ops = m.inspect().ops;
+    assert_eq!(
+        ops.get("QuantizeLinear").copied().unwrap_or(0) > 50,
+        true,
+        "{ops:?}"
+    );
+    let int8_weights = m
+        .graph()
+        .initializer
+        .iter()
+        .filter(|t| t.data_type() == onnx::DataType::Int8 as i32 && t.dims.len() == 4)
+        .count();
+    assert_eq!(int8_weights, 52);
+    let size = std::fs::metadata(out.join("model.onnx")).unwrap().len();
+    assert!(size * 2 < std::fs::metadata(root().join(MFN)).unwrap().len());
+
+    // The statistics are cached: another calibrator needs no new calibration run.
+    let out2 = tmp.path().join("mfn-minmax");
+    let o = optimize(
+        &[
+            MFN,
+            "--method",
+            "minmax",
+            "--runs",
+            "3",
+            "--out",
+            out2.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let a2 = artifact(&out2);
+    assert_eq!(a2["calibration"]["cached"].as_bool(), Some(true));
+    assert_eq!(a2["calibration"]["method"].as_str(), Some("minmax"));
+}
+
+/// `--keep-accuracy`: the most sensitive layers go back to float until the target holds.
+#[test]
+fn keep_accuracy_finds_the_sensitive_layers() {
+    asset(MFN);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("mfn-mixed");
+    let o = optimize(
+        &[
+            MFN,
+            "--keep-accuracy",
+            "0.99",
+            "--runs",
+            "3",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let a = artifact(&out);
+    let excluded = a["excluded"].as_array().unwrap();
+    // Plain INT8 gives 0.979 here, so something must have gone back to float, but not much.
+    assert!(!excluded.is_empty() && excluded.len() <= 30, "{excluded:?}");
+    let sens = a["sensitivity"].as_array().unwrap();
+    // 52 Conv, 33 Relu, 45 Add.
+    assert_eq!(sens.len(), 130, "one figure per computing node");
+    // The layers kept in float are the ones that hurt most alone.
+    let mut by_fid: Vec<(f64, String)> = sens
+        .iter()
+        .map(|s| {
+            (
+                s["fidelity"].as_float().unwrap(),
+                s["layer"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    by_fid.sort_by(|x, y| x.0.total_cmp(&y.0));
+    assert!(
+        excluded
+            .iter()
+            .any(|e| e.as_str() == Some(by_fid[0].1.as_str())),
+        "the most sensitive layer, {}, is kept in float",
+        by_fid[0].1
+    );
+    assert!(out.join("sensitivity.svg").is_file());
+    // The excluded layers kept their float weights in the saved graph.
+    let m = Model::load(&out.join("model.onnx")).unwrap();
+    for e in excluded {
+        let n = node(&m, e.as_str().unwrap());
+        assert!(
+            !n.input[1].contains("__wdq"),
+            "{} still quantized",
+            n.name()
+        );
+    }
+    let fid = int8_figures(&a)["fidelity"]["mean_cosine"]
+        .as_float()
+        .unwrap();
+    assert!(fid >= 0.985, "held-out fidelity {fid}");
+}
+
+fn node<'a>(m: &'a Model, name: &str) -> &'a pb::NodeProto {
+    m.graph()
+        .node
+        .iter()
+        .find(|n| n.name() == name)
+        .unwrap_or_else(|| panic!("no node {name}"))
+}
+
+/// Layers excluded by name or op type stay float.
+#[test]
+fn excluded_layers_stay_float() {
+    asset(MFN);
+    let src = Model::load(&root().join(MFN)).unwrap();
+    let first_conv = src
+        .graph()
+        .node
+        .iter()
+        .find(|n| n.op_type() == "Conv")
+        .unwrap()
+        .name()
+        .to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("mfn-ex");
+    let o = optimize(
+        &[
+            MFN,
+            "--exclude",
+            &first_conv,
+            "--exclude-op",
+            "Add",
+            "--runs",
+            "3",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = Model::load(&out.join("model.onnx")).unwrap();
+    let conv = node(&m, &first_conv);
+    let w = m
+        .graph()
+        .initializer
+        .iter()
+        .find(|t| t.name() == conv.input[1])
+        .expect("the excluded Conv reads its weight straight from an initializer");
+    assert_eq!(w.data_type(), onnx::DataType::Float as i32);
+    for n in m.graph().node.iter().filter(|n| n.op_type() == "Add") {
+        assert!(
+            n.input.iter().all(|i| !i.ends_with("__dq")),
+            "Add {} reads dequantized inputs",
+            n.name()
+        );
+    }
+    let a = artifact(&out);
+    assert_eq!(a["quantized_layers"].as_integer(), Some(51));
+    let ex: Vec<&str> = a["excluded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(ex.contains(&first_conv.as_str()));
+    assert_eq!(ex.len(), 1 + 45, "the Conv and all 45 Adds");
+}
+
+/// FP16: weights in float16, the model still takes and gives float32, and ONNX Runtime runs it
+/// with outputs close to FP32's.
+#[test]
+fn fp16_keeps_float32_inputs_and_outputs() {
+    use edgesight::engine::{Engine, EngineConfig};
+    use edgesight::optimize::fp16;
+    asset(MFN);
+    let src = Model::load(&root().join(MFN)).unwrap();
+    let (half, report) = fp16::convert(&src, &fp16::Fp16Options::default()).unwrap();
+    assert!(report.converted_initializers > 100);
+    let f32t = onnx::DataType::Float as i32;
+    for v in half.graph().input.iter().chain(&half.graph().output) {
+        assert_eq!(
+            onnx::value_info_elem(v),
+            Some(f32t),
+            "{} stays float32",
+            v.name()
+        );
+    }
+    let weights = half
+        .graph()
+        .initializer
+        .iter()
+        .filter(|t| t.dims.len() == 4)
+        .collect::<Vec<_>>();
+    assert!(weights
+        .iter()
+        .all(|t| t.data_type() == onnx::DataType::Float16 as i32));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("half.onnx");
+    half.save(&path).unwrap();
+    let mut a = Engine::load(&root().join(MFN), &EngineConfig::default()).unwrap();
+    let mut b = Engine::load(&path, &EngineConfig::default()).unwrap();
+    assert_eq!(b.io().inputs[0].elem, edgesight::tensor::ElementType::F32);
+    let chip = asset("calibration/heldout/face-chips/John_Salley-000183_02159543.jpg");
+    let img = edgesight::optimize::calibrate::decode_image(&chip).unwrap();
+    let m = edgesight::models::Manifest::find("mobilefacenet").unwrap();
+    let spec = edgesight::models::preprocess_spec(&m, a.io()).unwrap();
+    let (t, _) = edgesight::preprocess::Preprocessor::new(spec)
+        .run(img.view())
+        .unwrap();
+    let ra: Vec<f32> = a.run(&t).unwrap()[0].data.iter().copied().collect();
+    let rb: Vec<f32> = b.run(&t).unwrap()[0].data.iter().copied().collect();
+    let cos = edgesight::optimize::fidelity::cosine(&ra, &rb);
+    assert!(cos > 0.999, "fp16 cosine {cos}");
+}
+
+/// An FP32 "artifact" of the SSD model runs through `run --model-dir`, labels included.
+#[test]
+fn run_consumes_an_artifact_folder() {
+    asset("models/cache/ssd_mobilenet_v2_coco_quant_postprocess.onnx");
+    let tmp = tempfile::tempdir().unwrap();
+    let art = tmp.path().join("ssd-fp32");
+    let o = optimize(
+        &[
+            "models/cache/ssd_mobilenet_v2_coco_quant_postprocess.onnx",
+            "--precision",
+            "fp32",
+            "--runs",
+            "3",
+            "--out",
+            art.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(art.join("labels.txt").is_file());
+    let out = tmp.path().join("run");
+    let o = edgesight(&[
+        "run",
+        "assets/bus.jpg",
+        "--model-dir",
+        art.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ev = events(&out);
+    let labels: Vec<&str> = ev[0]["detections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["label"].as_str().unwrap())
+        .collect();
+    assert!(
+        labels.contains(&"bus") && labels.contains(&"person"),
+        "{labels:?}"
+    );
+    assert!(summary(&out)["model_file"]
+        .as_str()
+        .unwrap()
+        .ends_with("model.onnx"));
+}
+
+// ---- bad input: a clear error, a non-zero exit, and no half-written artifact ----------------
+
+fn assert_no_artifact(out: &Path) {
+    assert!(!out.exists(), "{} was written", out.display());
+    if let Some(parent) = out.parent() {
+        for e in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            assert!(
+                !name.starts_with(".optimize-"),
+                "scratch folder {name} left behind"
+            );
+        }
+    }
+}
+
+fn fails(args: &[&str], out: &Path, cache: &Path, want: &[&str]) {
+    let mut a = args.to_vec();
+    a.extend(["--out", out.to_str().unwrap()]);
+    let o = optimize(&a, cache);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = error_line(&o);
+    for w in want {
+        assert!(e.contains(w), "{e:?} lacks {w:?}");
+    }
+    assert_no_artifact(out);
+}
+
+#[test]
+fn model_that_is_not_onnx() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = tmp.path().join("resnet.onnx");
+    std::fs::write(&fake, "name,score\nresnet,0.9\n").unwrap();
+    fails(
+        &[fake.to_str().unwrap(), "--model", "mobilefacenet"],
+        &tmp.path().join("art"),
+        tmp.path(),
+        &["resnet.onnx", "not a valid ONNX model"],
+    );
+}
+
+#[test]
+fn empty_or_missing_calibration_folder() {
+    asset(MFN);
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(empty.join("heldout")).unwrap();
+    std::fs::copy(
+        asset("calibration/heldout/face-chips/John_Salley-000183_02159543.jpg"),
+        empty.join("heldout/a.jpg"),
+    )
+    .unwrap();
+    fails(
+        &[MFN, "--calibration", empty.to_str().unwrap()],
+        &tmp.path().join("art"),
+        tmp.path(),
+        &["calibration folder", "empty", "no images"],
+    );
+    let missing = tmp.path().join("nowhere");
+    fails(
+        &[MFN, "--calibration", missing.to_str().unwrap()],
+        &tmp.path().join("art"),
+        tmp.path(),
+        &["nowhere", "no such folder"],
+    );
+}
+
+/// Copies `n` real face chips into `dir`, then adds `bad` files that are not images.
+fn chips(dir: &Path, n: usize, bad: usize) -> Vec<PathBuf> {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut all: Vec<PathBuf> = std::fs::read_dir(
+        asset("calibration/face-chips/John_Salley-000179_02159509.jpg")
+            .parent()
+            .unwrap(),
+    )
+    .unwrap()
+    .flatten()
+    .map(|e| e.path())
+    .collect();
+    all.sort();
+    for p in all.iter().take(n) {
+        std::fs::copy(p, dir.join(p.file_name().unwrap())).unwrap();
+    }
+    for i in 0..bad {
+        std::fs::write(
+            dir.join(format!("broken-{i}.jpg")),
+            b"\xff\xd8\xff not really a jpeg",
+        )
+        .unwrap();
+    }
+    all
+}
+
+#[test]
+fn images_that_fail_to_decode_are_skipped_and_counted() {
+    asset(MFN);
+    let tmp = tempfile::tempdir().unwrap();
+    let cal = tmp.path().join("cal");
+    chips(&cal, 12, 1);
+    let out = tmp.path().join("art");
+    let o = optimize(
+        &[
+            MFN,
+            "--calibration",
+            cal.to_str().unwrap(),
+            "--heldout",
+            "calibration/heldout/face-chips",
+            "--runs",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let a = artifact(&out);
+    assert_eq!(a["calibration"]["images"].as_integer(), Some(13));
+    assert_eq!(a["calibration"]["skipped"].as_integer(), Some(1));
+    assert!(
+        stderr(&o).contains("broken-0.jpg"),
+        "the skipped image is named"
+    );
+
+    // Past the threshold (20% here) it is an error.
+    let cal2 = tmp.path().join("cal2");
+    chips(&cal2, 3, 3);
+    fails(
+        &[
+            MFN,
+            "--calibration",
+            cal2.to_str().unwrap(),
+            "--heldout",
+            "calibration/heldout/face-chips",
+        ],
+        &tmp.path().join("art2"),
+        tmp.path(),
+        &["cal2", "3 of 6 images do not decode"],
+    );
+}
+
+#[test]
+fn precision_the_target_cannot_do() {
+    asset(MFN);
+    let tmp = tempfile::tempdir().unwrap();
+    fails(
+        &[MFN, "--precision", "fp16", "--target", "cpu"],
+        &tmp.path().join("art"),
+        tmp.path(),
+        &["fp16", "--target cpu"],
+    );
+}
+
+/// TensorRT cannot exist on these machines: the path is configured, and fails clearly here,
+/// before any calibration work.
+#[test]
+fn tensorrt_target_without_tensorrt_fails_clearly() {
+    asset(MFN);
+    let tmp = tempfile::tempdir().unwrap();
+    fails(
+        &[MFN, "--target", "tensorrt"],
+        &tmp.path().join("art"),
+        tmp.path(),
+        &[
+            "--target tensorrt",
+            "TensorRT execution provider could not start",
+            "TensorRT 10",
+        ],
+    );
+}
+
+/// A graph with an op the quantizer does not know: that op stays float, with a warning, and the
+/// rest is quantized.
+#[test]
+fn unknown_ops_stay_float_with_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Conv -> Celu -> Conv on a 3x32x32 input: Celu is an op the quantizer has no rule for.
+    let mut seed = 7u32;
+    let mut rnd = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    };
+    let w1 = onnx::tensor_from_f32("w1", &[8, 3, 3, 3], &rnd(8 * 27));
+    let w2 = onnx::tensor_from_f32("w2", &[4, 8, 1, 1], &rnd(32));
+    let graph = pb::GraphProto {
+        name: Some("celu".into()),
+        node: vec![
+            onnx::node("Conv", "conv1", &["x", "w1"], &["a"], vec![]),
+            onnx::node("Celu", "celu", &["a"], &["b"], vec![]),
+            onnx::node("Conv", "conv2", &["b", "w2"], &["y"], vec![]),
+        ],
+        initializer: vec![w1, w2],
+        input: vec![shaped("x", &[1, 3, 32, 32])],
+        output: vec![onnx::value_info("y", onnx::DataType::Float)],
+        ..Default::default()
+    };
+    let model = pb::ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(13),
+        }],
+        graph: Some(graph),
+        ..Default::default()
+    };
+    let file = tmp.path().join("celu.onnx");
+    Model {
+        proto: model,
+        path: file.clone(),
+    }
+    .save(&file)
+    .unwrap();
+    let manifest = tmp.path().join("celu.toml");
+    std::fs::write(
+        &manifest,
+        "name = \"celu\"\nfamily = \"embedder\"\nfile = \"celu.onnx\"\ninput_size = [32, 32]\n\
+         [preprocess]\nlayout = \"nchw\"\ndtype = \"f32\"\nmean = [127.5, 127.5, 127.5]\nstd = [128, 128, 128]\n",
+    )
+    .unwrap();
+    let cal = tmp.path().join("cal");
+    chips(&cal, 6, 0);
+    chips(&cal.join("heldout"), 4, 0);
+    let out = tmp.path().join("art");
+    let o = optimize(
+        &[
+            file.to_str().unwrap(),
+            "--model",
+            manifest.to_str().unwrap(),
+            "--calibration",
+            cal.to_str().unwrap(),
+            "--runs",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("left in float") && err.contains("Celu"),
+        "{err}"
+    );
+    let a = artifact(&out);
+    assert_eq!(a["unknown_ops"]["Celu"].as_integer(), Some(1));
+    assert_eq!(a["quantized_layers"].as_integer(), Some(2));
+    let m = Model::load(&out.join("model.onnx")).unwrap();
+    let celu = node(&m, "celu");
+    // Celu computes in float (on the dequantized conv1 output), and nothing quantizes it as an op.
+    assert!(celu.input[0].ends_with("__dq"));
+    let fid = int8_figures(&a)["fidelity"]["mean_cosine"]
+        .as_float()
+        .unwrap();
+    assert!(fid > 0.99, "{fid}");
+}
+
+fn shaped(name: &str, dims: &[i64]) -> pb::ValueInfoProto {
+    let mut v = onnx::value_info(name, onnx::DataType::Float);
+    if let Some(pb::type_proto::Value::TensorType(t)) =
+        v.r#type.as_mut().and_then(|t| t.value.as_mut())
+    {
+        t.shape = Some(pb::TensorShapeProto {
+            dim: dims
+                .iter()
+                .map(|&d| pb::tensor_shape_proto::Dimension {
+                    value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(d)),
+                    ..Default::default()
+                })
+                .collect(),
+        });
+    }
+    v
+}
