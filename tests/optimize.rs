@@ -82,9 +82,8 @@ fn int8_mobilefacenet_stays_close_to_fp32() {
     // The graph really is int8: weights behind DequantizeLinear, a smaller file.
     let m = Model::load(&out.join("model.onnx")).unwrap();
     let ops = m.inspect().ops;
-    assert_eq!(
+    assert!(
         ops.get("QuantizeLinear").copied().unwrap_or(0) > 50,
-        true,
         "{ops:?}"
     );
     let int8_weights = m
