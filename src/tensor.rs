@@ -57,6 +57,18 @@ impl Tensor {
         }
     }
 
+    /// `n` copies of a batch-of-one tensor stacked along the batch axis.
+    pub fn repeat_batch(&self, n: usize) -> Tensor {
+        fn rep<T: Clone>(a: &ArrayD<T>, n: usize) -> ArrayD<T> {
+            let views: Vec<_> = (0..n).map(|_| a.view()).collect();
+            ndarray::concatenate(ndarray::Axis(0), &views).expect("same shapes stack")
+        }
+        match self {
+            Tensor::U8(a) => Tensor::U8(rep(a, n)),
+            Tensor::F32(a) => Tensor::F32(rep(a, n)),
+        }
+    }
+
     pub fn elem(&self) -> ElementType {
         match self {
             Tensor::U8(_) => ElementType::U8,

@@ -60,6 +60,32 @@ pub fn latency(
     Ok(lat.percentiles())
 }
 
+/// The batch size with the lowest per-image p50 latency among 2, 4 and 8, for models whose
+/// batch dimension is dynamic: (batch, per-image percentiles).
+pub fn best_batch(
+    engine: &mut Engine,
+    input: &Tensor,
+    runs: usize,
+) -> Result<Option<(usize, Percentiles)>, EngineError> {
+    if engine.io().inputs.first().map(|i| i.shape.first().copied()) != Some(Some(-1)) {
+        return Ok(None);
+    }
+    let mut best: Option<(usize, Percentiles)> = None;
+    for b in [2usize, 4, 8] {
+        let t = input.repeat_batch(b);
+        let p = latency(engine, &t, (runs / b).max(3))?;
+        let per = Percentiles {
+            p50_ms: p.p50_ms / b as f64,
+            p95_ms: p.p95_ms / b as f64,
+            mean_ms: p.mean_ms / b as f64,
+        };
+        if best.as_ref().is_none_or(|(_, q)| per.p50_ms < q.p50_ms) {
+            best = Some((b, per));
+        }
+    }
+    Ok(best)
+}
+
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let (mut ab, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
     for (&x, &y) in a.iter().zip(b) {

@@ -106,6 +106,8 @@ pub struct Figures {
     pub precision: String,
     pub fidelity: Option<fidelity::Fidelity>,
     pub latency_b1: Percentiles,
+    /// The batch with the lowest per-image latency, and that latency (dynamic-batch models).
+    pub best_batch: Option<(usize, Percentiles)>,
     pub size_bytes: u64,
 }
 
@@ -290,16 +292,19 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
         .map(|m| m.len())
         .unwrap_or(0);
     let fp32_lat = fidelity::latency(&mut fp32, &held[0], spec.bench_runs)?;
+    let fp32_batch = fidelity::best_batch(&mut fp32, &held[0], spec.bench_runs)?;
     let fp32_out = fidelity::outputs_of(&mut fp32, &held)?;
     figures.push(Figures {
         precision: "fp32".into(),
         fidelity: None,
         latency_b1: fp32_lat,
+        best_batch: fp32_batch,
         size_bytes: fp32_size,
     });
     if spec.precision != Precision::Fp32 {
         let mut cand = Engine::load(&model_path, &cpu)?;
         let lat = fidelity::latency(&mut cand, &held[0], spec.bench_runs)?;
+        let batch = fidelity::best_batch(&mut cand, &held[0], spec.bench_runs)?;
         let out = fidelity::outputs_of(&mut cand, &held)?;
         let fid = fidelity::compare_with_identities(
             &fp32_out,
@@ -313,6 +318,7 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
             precision: spec.precision.to_string(),
             fidelity: Some(fid),
             latency_b1: lat,
+            best_batch: batch,
             size_bytes: std::fs::metadata(&model_path).map(|m| m.len()).unwrap_or(0),
         });
     }

@@ -57,9 +57,9 @@ pub fn markdown(a: &Artifact) -> String {
     );
     let _ = writeln!(
         s,
-        "| precision | agreement mAP50 | mean cosine | worst-frame cosine | verification AUC (fp32 → this) | p50 ms | p95 ms | speed-up | size |"
+        "| precision | agreement mAP50 | mean cosine | worst-frame cosine | verification AUC (fp32 → this) | p50 ms | p95 ms | speed-up | best batch: ms/image | size |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
     let base = a
         .figures
         .first()
@@ -79,7 +79,7 @@ pub fn markdown(a: &Artifact) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2}× | {:.2} MB |",
+            "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2}× | {} | {:.2} MB |",
             f.precision,
             map,
             cos,
@@ -92,6 +92,9 @@ pub fn markdown(a: &Artifact) -> String {
             } else {
                 0.0
             },
+            f.best_batch
+                .map(|(b, p)| format!("{b}: {:.2}", p.p50_ms))
+                .unwrap_or("fixed batch".into()),
             f.size_bytes as f64 / 1e6
         );
     }
