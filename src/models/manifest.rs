@@ -21,6 +21,8 @@ pub enum Family {
     Ssd,
     /// Ultralytics YOLOv8/11 detection export: `[B, 4 + classes, anchors]`.
     Yolov8,
+    /// CenterNet with its top-k decoding in the graph: `[1, N, 6]` = box, score, class.
+    Centernet,
     /// MediaPipe BlazeFace (scores and regressors per anchor). `optimize` only, for now: its
     /// decoding in `run` is still to come.
     Blazeface,
@@ -30,7 +32,7 @@ pub enum Family {
 
 impl Family {
     pub fn is_detector(self) -> bool {
-        matches!(self, Family::Ssd | Family::Yolov8)
+        matches!(self, Family::Ssd | Family::Yolov8 | Family::Centernet)
     }
 }
 

@@ -2,6 +2,7 @@
 //! or streams. A [`Manifest`] in `models/` names the file, the family, the labels and the
 //! thresholds; [`build_detector`] checks a model's inputs and outputs against its family.
 
+pub mod centernet;
 pub mod labels;
 pub mod manifest;
 pub mod ssd;
@@ -46,6 +47,7 @@ pub fn build_detector(m: &Manifest, io: &ModelIo) -> Result<Box<dyn Detector>, M
     Ok(match m.family {
         Family::Ssd => Box::new(ssd::Ssd::new(m, io, labels)?),
         Family::Yolov8 => Box::new(yolov8::Yolov8::new(m, io, labels)?),
+        Family::Centernet => Box::new(centernet::CenterNet::new(m, io, labels)?),
         f @ (Family::Blazeface | Family::Embedder) => {
             return Err(ModelError::Io {
                 model: m.file.display().to_string(),
