@@ -74,7 +74,8 @@ impl Detector for CenterNet {
         let mut dets = Vec::new();
         for r in v.chunks_exact(6) {
             let score = r[4];
-            if !(score >= self.score_threshold) {
+            // NaN scores fail this too.
+            if score.is_nan() || score < self.score_threshold {
                 continue;
             }
             let (x1, y1) = t.to_source(r[0], r[1]);
