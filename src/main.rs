@@ -473,7 +473,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,edgesight=info".into()),
+                .unwrap_or_else(|_| "warn,ort=error,edgesight=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -23,13 +23,19 @@ impl CenterNet {
             model: model.clone(),
             reason,
         };
-        let input = io.inputs.first().ok_or_else(|| err("has no input".into()))?;
+        let input = io
+            .inputs
+            .first()
+            .ok_or_else(|| err("has no input".into()))?;
         if input.shape.len() != 4 || input.shape[3] != 3 || input.elem != ElementType::F32 {
             return Err(err(format!(
                 "CenterNet expects a float [1, H, W, 3] input, got {input}"
             )));
         }
-        let out = io.outputs.first().ok_or_else(|| err("has no output".into()))?;
+        let out = io
+            .outputs
+            .first()
+            .ok_or_else(|| err("has no output".into()))?;
         if out.shape.len() != 3 || out.shape[2] != 6 {
             return Err(err(format!(
                 "outputs do not fit the centernet family (want [1, N, 6] = x1, y1, x2, y2, score, class; got {out})"
@@ -104,10 +110,9 @@ mod tests {
 
     #[test]
     fn decodes_rows_to_source_pixels() {
-        let m: Manifest = toml::from_str(
-            "name='c'\nfamily='centernet'\nfile='c.onnx'\nscore_threshold=0.3",
-        )
-        .unwrap();
+        let m: Manifest =
+            toml::from_str("name='c'\nfamily='centernet'\nfile='c.onnx'\nscore_threshold=0.3")
+                .unwrap();
         let io = ModelIo {
             inputs: vec![TensorInfo {
                 name: "x".into(),
@@ -142,7 +147,10 @@ mod tests {
         };
         let d = c.decode(&[out], &t).unwrap();
         assert_eq!(d.len(), 2, "the 0.2 row is under the threshold");
-        assert_eq!((d[0].label.as_str(), d[1].label.as_str()), ("bus", "person"));
+        assert_eq!(
+            (d[0].label.as_str(), d[1].label.as_str()),
+            ("bus", "person")
+        );
         assert_eq!((d[0].bbox.x1, d[0].bbox.y1), (200.0, 75.0));
         assert_eq!((d[0].bbox.x2, d[0].bbox.y2), (600.0, 675.0));
         assert_eq!((d[1].bbox.y1, d[1].bbox.y2), (384.0, 768.0));

@@ -289,7 +289,24 @@ pub fn quantize(
             reason: format!("opset {opset} has no QuantizeLinear (needs 10 or later)"),
         });
     }
-    let per_channel_ok = opset >= 13;
+    // Per-channel DequantizeLinear needs opset 13. Depthwise convolutions with one scale per
+    // tensor lose too much, so lift 11 and 12 to 13 when no op in the graph changed meaning
+    // between them (these four moved attributes to inputs).
+    const CHANGED_AT_13: &[&str] = &["Squeeze", "Unsqueeze", "Split", "ReduceSum"];
+    let liftable = (11..13).contains(&opset)
+        && !model
+            .graph()
+            .node
+            .iter()
+            .any(|n| CHANGED_AT_13.contains(&n.op_type()));
+    if liftable {
+        for o in out.proto.opset_import.iter_mut() {
+            if o.domain().is_empty() || o.domain() == "ai.onnx" {
+                o.version = Some(13);
+            }
+        }
+    }
+    let per_channel_ok = opset >= 13 || liftable;
     let g = model.graph();
     let init_idx: HashMap<&str, usize> = g
         .initializer
@@ -327,33 +344,51 @@ pub fn quantize(
         })
         .collect();
 
-    // Quantization parameters per tensor, data-movement ops inheriting their input's.
+    // Tensors that reach a graph output through data movement alone. A detector's or
+    // embedder's head ends there: 256 levels over its whole output range cost more accuracy
+    // than anything else, and with no Q after it no runtime fuses that layer anyway.
+    let mut feeds_output: HashSet<&str> = g.output.iter().map(|o| o.name()).collect();
+    for n in g.node.iter().rev() {
+        if SHARES_INPUT_RANGE.contains(&n.op_type())
+            && n.output.iter().any(|o| feeds_output.contains(o.as_str()))
+        {
+            feeds_output.insert(n.input[0].as_str());
+        }
+    }
+
+    // Quantization parameters per tensor. Data-movement ops inherit their input's and are
+    // quantized only where their input already is: they compute nothing worth int8.
     let mut tq: HashMap<String, QParams> = HashMap::new();
     let calibrated = |t: &str| ranges.get(t).map(|r| qparams(r, act));
     for (n, &on) in g.node.iter().zip(&active) {
         if !on {
             continue;
         }
-        for i in data_inputs(n, &inits) {
-            let t = &n.input[i];
-            if !tq.contains_key(t) {
-                if let Some(q) = calibrated(t) {
-                    tq.insert(t.clone(), q);
+        let moves = SHARES_INPUT_RANGE.contains(&n.op_type());
+        if !moves {
+            for i in data_inputs(n, &inits) {
+                let t = &n.input[i];
+                if !tq.contains_key(t) {
+                    if let Some(q) = calibrated(t) {
+                        tq.insert(t.clone(), q);
+                    }
                 }
             }
         }
-        if let Some(o) = n.output.first() {
-            let inherited = if SHARES_INPUT_RANGE.contains(&n.op_type()) {
-                tq.get(&n.input[0]).map(|q| QParams {
-                    scale: q.scale,
-                    zero_point: q.zero_point,
-                })
-            } else {
-                None
-            };
-            if let Some(q) = inherited.or_else(|| calibrated(o)) {
-                tq.insert(o.clone(), q);
-            }
+        let Some(o) = n.output.first() else { continue };
+        if feeds_output.contains(o.as_str()) {
+            continue;
+        }
+        let q = if moves {
+            tq.get(&n.input[0]).map(|q| QParams {
+                scale: q.scale,
+                zero_point: q.zero_point,
+            })
+        } else {
+            calibrated(o)
+        };
+        if let Some(q) = q {
+            tq.insert(o.clone(), q);
         }
     }
 
