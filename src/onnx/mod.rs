@@ -496,3 +496,109 @@ pub fn infer_elem_types(model: &Model) -> HashMap<String, i32> {
     }
     ty
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Weights stored beside the model (ONNX external data) are read in, and a save keeps the
+    /// opsets and the metadata.
+    #[test]
+    fn external_data_is_inlined_and_metadata_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let weights: Vec<f32> = (0..6).map(|i| i as f32 * 0.5).collect();
+        let mut blob = vec![0u8; 16]; // an offset, as exporters align tensors
+        blob.extend(weights.iter().flat_map(|w| w.to_le_bytes()));
+        std::fs::write(dir.path().join("w.bin"), &blob).unwrap();
+        let kv = |k: &str, v: &str| pb::StringStringEntryProto {
+            key: Some(k.into()),
+            value: Some(v.into()),
+        };
+        let w = pb::TensorProto {
+            name: Some("w".into()),
+            data_type: Some(DataType::Float as i32),
+            dims: vec![2, 3],
+            data_location: Some(pb::tensor_proto::DataLocation::External as i32),
+            external_data: vec![
+                kv("location", "w.bin"),
+                kv("offset", "16"),
+                kv("length", "24"),
+            ],
+            ..Default::default()
+        };
+        let proto = pb::ModelProto {
+            ir_version: Some(8),
+            opset_import: vec![pb::OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(17),
+            }],
+            metadata_props: vec![kv("names", "{0: 'person'}")],
+            graph: Some(pb::GraphProto {
+                node: vec![node("MatMul", "mm", &["x", "w"], &["y"], vec![])],
+                initializer: vec![w],
+                input: vec![value_info("x", DataType::Float)],
+                output: vec![value_info("y", DataType::Float)],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let path = dir.path().join("m.onnx");
+        std::fs::write(&path, proto.encode_to_vec()).unwrap();
+
+        let m = Model::load(&path).unwrap();
+        let t = &m.graph().initializer[0];
+        assert_eq!(tensor_f32(t).unwrap(), weights);
+        assert!(t.external_data.is_empty());
+        let saved = dir.path().join("copy.onnx");
+        m.save(&saved).unwrap();
+        std::fs::remove_file(dir.path().join("w.bin")).unwrap();
+        let again = Model::load(&saved).unwrap();
+        assert_eq!(again.opset(), 17);
+        assert_eq!(again.inspect().metadata["names"], "{0: 'person'}");
+        assert_eq!(again.inspect().params, 6);
+        assert_eq!(tensor_f32(&again.graph().initializer[0]).unwrap(), weights);
+
+        // Data that lies past the end of its file is an error naming the file.
+        let mut bad = proto.clone();
+        bad.graph.as_mut().unwrap().initializer[0].external_data[2] = kv("length", "4000");
+        std::fs::write(dir.path().join("w.bin"), &blob).unwrap();
+        std::fs::write(&path, bad.encode_to_vec()).unwrap();
+        let e = Model::load(&path).unwrap_err().to_string();
+        assert!(e.contains("w.bin") && e.contains("past the end"), "{e}");
+    }
+
+    #[test]
+    fn element_types_follow_shape_arithmetic() {
+        let proto = pb::ModelProto {
+            opset_import: vec![pb::OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(13),
+            }],
+            graph: Some(pb::GraphProto {
+                node: vec![
+                    node("Relu", "r", &["x"], &["a"], vec![]),
+                    node("Shape", "s", &["a"], &["shape"], vec![]),
+                    node(
+                        "Concat",
+                        "c",
+                        &["shape", "shape"],
+                        &["two"],
+                        vec![attr_int("axis", 0)],
+                    ),
+                    node("Reshape", "re", &["a", "two"], &["b"], vec![]),
+                ],
+                input: vec![value_info("x", DataType::Float)],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let m = Model {
+            proto,
+            path: "t.onnx".into(),
+        };
+        let t = infer_elem_types(&m);
+        let f = DataType::Float as i32;
+        let i = DataType::Int64 as i32;
+        assert_eq!((t["a"], t["shape"], t["two"], t["b"]), (f, i, i, f));
+    }
+}
