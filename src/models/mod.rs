@@ -30,6 +30,39 @@ pub enum ModelError {
     Labels(#[from] labels::LabelsError),
 }
 
+/// What every family's constructor starts with: the model's name for its errors, and its
+/// first input and output.
+pub(crate) struct IoCheck {
+    pub model: String,
+}
+
+impl IoCheck {
+    pub fn new(m: &Manifest) -> Self {
+        Self {
+            model: m.file.display().to_string(),
+        }
+    }
+
+    pub fn err(&self, reason: String) -> ModelError {
+        ModelError::Io {
+            model: self.model.clone(),
+            reason,
+        }
+    }
+
+    pub fn input<'a>(&self, io: &'a ModelIo) -> Result<&'a crate::tensor::TensorInfo, ModelError> {
+        io.inputs
+            .first()
+            .ok_or_else(|| self.err("has no input".into()))
+    }
+
+    pub fn output<'a>(&self, io: &'a ModelIo) -> Result<&'a crate::tensor::TensorInfo, ModelError> {
+        io.outputs
+            .first()
+            .ok_or_else(|| self.err("has no output".into()))
+    }
+}
+
 /// A detector family: frames in (via its [`PreprocessSpec`]), boxes in source pixels out.
 pub trait Detector: Send + Sync {
     fn preprocess(&self) -> &PreprocessSpec;

@@ -2,7 +2,7 @@
 //! SSD MobileNetV2 COCO): outputs are boxes `[1, N, 4]` as normalised (ymin, xmin, ymax, xmax),
 //! classes `[1, N]`, scores `[1, N]` and a count `[1]`. The image is stretched to the input.
 
-use super::{input_hw, Detector, Labels, Manifest, ModelError};
+use super::{input_hw, Detector, IoCheck, Labels, Manifest, ModelError};
 use crate::detection::{BBox, Detection};
 use crate::preprocess::{Layout, PreprocessSpec, Resize, Transform};
 use crate::tensor::{ElementType, ModelIo, Output};
@@ -18,15 +18,9 @@ pub struct Ssd {
 
 impl Ssd {
     pub fn new(m: &Manifest, io: &ModelIo, labels: Option<Labels>) -> Result<Self, ModelError> {
-        let model = m.file.display().to_string();
-        let err = |reason: String| ModelError::Io {
-            model: model.clone(),
-            reason,
-        };
-        let input = io
-            .inputs
-            .first()
-            .ok_or_else(|| err("has no input".into()))?;
+        let check = IoCheck::new(m);
+        let err = |reason: String| check.err(reason);
+        let input = check.input(io)?;
         if input.shape.len() != 4 {
             return Err(err(format!(
                 "SSD expects a 4-D image input, {input} is not"
@@ -74,7 +68,7 @@ impl Ssd {
             spec,
             labels: labels.unwrap_or_default(),
             score_threshold: m.score_threshold,
-            model,
+            model: check.model.clone(),
             idx: [boxes, *classes, *scores, count],
         })
     }

@@ -5,7 +5,7 @@
 //! class scores (already sigmoid-ed, no objectness). Class names come from the export's `names`
 //! metadata, else from the manifest's labels file.
 
-use super::{input_hw, Detector, Labels, Manifest, ModelError};
+use super::{input_hw, Detector, IoCheck, Labels, Manifest, ModelError};
 use crate::detection::{nms_per_class, BBox, Detection};
 use crate::preprocess::{Layout, PreprocessSpec, Resize, Transform};
 use crate::tensor::{ElementType, ModelIo, Output};
@@ -21,24 +21,15 @@ pub struct Yolov8 {
 
 impl Yolov8 {
     pub fn new(m: &Manifest, io: &ModelIo, labels: Option<Labels>) -> Result<Self, ModelError> {
-        let model = m.file.display().to_string();
-        let err = |reason: String| ModelError::Io {
-            model: model.clone(),
-            reason,
-        };
-        let input = io
-            .inputs
-            .first()
-            .ok_or_else(|| err("has no input".into()))?;
+        let check = IoCheck::new(m);
+        let err = |reason: String| check.err(reason);
+        let input = check.input(io)?;
         if input.shape.len() != 4 || input.shape[1] != 3 || input.elem != ElementType::F32 {
             return Err(err(format!(
                 "YOLOv8 expects a float [B, 3, H, W] input, got {input}"
             )));
         }
-        let out = io
-            .outputs
-            .first()
-            .ok_or_else(|| err("has no output".into()))?;
+        let out = check.output(io)?;
         // [B, 4 + C, N] with N anchors (8400 at 640) far more than channels; SSD-style
         // [1, N, 4] boxes fail here.
         if out.shape.len() != 3
@@ -59,7 +50,7 @@ impl Yolov8 {
             .unwrap_or_default();
         if out.shape[1] > 4 && !labels.is_empty() && labels.len() != (out.shape[1] - 4) as usize {
             tracing::warn!(
-                model = %model,
+                model = %check.model,
                 labels = labels.len(),
                 classes = out.shape[1] - 4,
                 "label count differs from the model's class count"
@@ -80,7 +71,7 @@ impl Yolov8 {
             score_threshold: m.score_threshold,
             iou_threshold: m.iou_threshold,
             max_detections: m.max_detections,
-            model,
+            model: check.model.clone(),
         })
     }
 }

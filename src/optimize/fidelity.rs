@@ -1,6 +1,7 @@
 //! How close an optimized model stays to its FP32 original, on held-out frames.
 //!
-//! Detectors: agreement mAP50, FP32's detections taken as the truth, so the figure isolates
+//! Detectors: agreement mAP50, FP32's detections (at the manifest's threshold) taken as the
+//! truth and the optimized model's ranked down to score 0.01, so the figure isolates
 //! what optimization changed from what the model gets wrong anyway. Every model: the cosine
 //! between the two models' raw outputs. Embedders: verification AUC as well, where the image
 //! names carry identities (`Person_Name-xxx.jpg`).
@@ -142,6 +143,11 @@ pub fn compare_with_identities(
 
     let map50 = if family.is_detector() {
         let det = build_detector(manifest, io)?;
+        // Candidates are decoded down to a low score, as COCO's mAP does: AP then measures how
+        // the optimized model ranks what FP32 found, not which boxes hover at the threshold.
+        let mut low = manifest.clone();
+        low.score_threshold = manifest.score_threshold.min(0.01);
+        let det_low = build_detector(&low, io)?;
         let spec = det.preprocess();
         // Both sides decode in model-input pixels: agreement needs no source frame.
         let t = Transform {
@@ -152,12 +158,17 @@ pub fn compare_with_identities(
             src_width: spec.width,
             src_height: spec.height,
         };
-        let decode = |outs: &[Vec<Output>]| -> Result<Vec<Vec<Detection>>, OptimizeError> {
+        let decode = |d: &dyn crate::models::Detector,
+                      outs: &[Vec<Output>]|
+         -> Result<Vec<Vec<Detection>>, OptimizeError> {
             outs.iter()
-                .map(|o| det.decode(o, &t).map_err(OptimizeError::from))
+                .map(|o| d.decode(o, &t).map_err(OptimizeError::from))
                 .collect()
         };
-        Some(agreement_map50(&decode(reference)?, &decode(candidate)?))
+        Some(agreement_map50(
+            &decode(det.as_ref(), reference)?,
+            &decode(det_low.as_ref(), candidate)?,
+        ))
     } else {
         None
     };

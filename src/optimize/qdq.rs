@@ -603,6 +603,24 @@ fn quantize_weights(
     } else {
         per_channel_scales(&values, 1)
     };
+    // The int32 bias must hold b / (s_input * s_weight): a channel with tiny weights and a
+    // real bias would overflow it, so such a channel's weight scale is widened until the bias
+    // fits in 2^30 (headroom for the accumulator).
+    let mut scales = scales;
+    if matches!(n.op_type(), "Conv" | "Gemm") && n.input.len() > 2 {
+        if let (Some(s_in), Some(&bi)) = (input_scale, init_idx.get(n.input[2].as_str())) {
+            if let Some(bv) = onnx::tensor_f32(&g.initializer[bi]) {
+                let limit = (1u32 << 30) as f32;
+                for (c, b) in bv.iter().enumerate() {
+                    let k = if per_channel { c.min(scales.len() - 1) } else { 0 };
+                    let need = b.abs() / (s_in * limit);
+                    if need > scales[k] {
+                        scales[k] = need;
+                    }
+                }
+            }
+        }
+    }
     let channel_of = |idx: usize| -> usize {
         if !per_channel {
             0
