@@ -91,6 +91,10 @@ struct OptimizeArgs {
     /// Timed runs per model for the latency figures.
     #[arg(long, default_value_t = 30)]
     runs: usize,
+    /// Equalize the weight ranges of Conv → ReLU → Conv pairs before calibrating
+    /// (cross-layer equalization).
+    #[arg(long)]
+    equalize: bool,
 }
 
 #[derive(Subcommand)]
@@ -449,6 +453,7 @@ fn optimize(a: &OptimizeArgs) -> Result<ExitCode> {
             ..Default::default()
         },
         bench_runs: a.runs,
+        equalize: a.equalize,
     };
     let pb = ProgressBar::no_length();
     pb.set_style(

@@ -31,25 +31,26 @@ fn optimize(args: &[&str], cache: &Path) -> std::process::Output {
     edgesight_env(&a, &[("EDGESIGHT_CACHE", cache.to_str().unwrap())])
 }
 
+/// `optimize ARGS --out OUT` must succeed; its stderr.
+fn optimize_ok(args: &[&str], out: &Path, cache: &Path) -> String {
+    let mut a = args.to_vec();
+    a.extend(["--out", out.to_str().unwrap()]);
+    let o = optimize(&a, cache);
+    assert!(o.status.success(), "{}", stderr(&o));
+    stderr(&o)
+}
+
 /// The real MobileFaceNet's Q/DQ INT8 model loads in ONNX Runtime and stays close to FP32.
 #[test]
 fn int8_mobilefacenet_stays_close_to_fp32() {
     asset(MFN);
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("mfn-int8");
-    let o = optimize(
-        &[
-            MFN,
-            "--method",
-            "percentile",
-            "--runs",
-            "5",
-            "--out",
-            out.to_str().unwrap(),
-        ],
+    optimize_ok(
+        &[MFN, "--method", "percentile", "--runs", "5"],
+        &out,
         tmp.path(),
     );
-    assert!(o.status.success(), "{}", stderr(&o));
     for f in ["model.onnx", "artifact.toml", "report.md", "latency.svg"] {
         assert!(out.join(f).is_file(), "{f} in the artifact");
     }
@@ -98,19 +99,11 @@ fn int8_mobilefacenet_stays_close_to_fp32() {
 
     // The statistics are cached: another calibrator needs no new calibration run.
     let out2 = tmp.path().join("mfn-minmax");
-    let o = optimize(
-        &[
-            MFN,
-            "--method",
-            "minmax",
-            "--runs",
-            "3",
-            "--out",
-            out2.to_str().unwrap(),
-        ],
+    optimize_ok(
+        &[MFN, "--method", "minmax", "--runs", "3"],
+        &out2,
         tmp.path(),
     );
-    assert!(o.status.success(), "{}", stderr(&o));
     let a2 = artifact(&out2);
     assert_eq!(a2["calibration"]["cached"].as_bool(), Some(true));
     assert_eq!(a2["calibration"]["method"].as_str(), Some("minmax"));
@@ -122,19 +115,11 @@ fn keep_accuracy_finds_the_sensitive_layers() {
     asset(MFN);
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("mfn-mixed");
-    let o = optimize(
-        &[
-            MFN,
-            "--keep-accuracy",
-            "0.99",
-            "--runs",
-            "3",
-            "--out",
-            out.to_str().unwrap(),
-        ],
+    optimize_ok(
+        &[MFN, "--keep-accuracy", "0.99", "--runs", "3"],
+        &out,
         tmp.path(),
     );
-    assert!(o.status.success(), "{}", stderr(&o));
     let a = artifact(&out);
     let excluded = a["excluded"].as_array().unwrap();
     // Plain INT8 gives 0.979 here, so something must have gone back to float, but not much.
@@ -200,7 +185,7 @@ fn excluded_layers_stay_float() {
         .to_string();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("mfn-ex");
-    let o = optimize(
+    optimize_ok(
         &[
             MFN,
             "--exclude",
@@ -209,12 +194,10 @@ fn excluded_layers_stay_float() {
             "Add",
             "--runs",
             "3",
-            "--out",
-            out.to_str().unwrap(),
         ],
+        &out,
         tmp.path(),
     );
-    assert!(o.status.success(), "{}", stderr(&o));
     let m = Model::load(&out.join("model.onnx")).unwrap();
     let conv = node(&m, &first_conv);
     let w = m
@@ -297,19 +280,17 @@ fn run_consumes_an_artifact_folder() {
     asset("models/cache/ssd_mobilenet_v2_coco_quant_postprocess.onnx");
     let tmp = tempfile::tempdir().unwrap();
     let art = tmp.path().join("ssd-fp32");
-    let o = optimize(
+    optimize_ok(
         &[
             "models/cache/ssd_mobilenet_v2_coco_quant_postprocess.onnx",
             "--precision",
             "fp32",
             "--runs",
             "3",
-            "--out",
-            art.to_str().unwrap(),
         ],
+        &art,
         tmp.path(),
     );
-    assert!(o.status.success(), "{}", stderr(&o));
     assert!(art.join("labels.txt").is_file());
     let out = tmp.path().join("run");
     let o = edgesight(&[
@@ -437,7 +418,7 @@ fn images_that_fail_to_decode_are_skipped_and_counted() {
     let cal = tmp.path().join("cal");
     chips(&cal, 12, 1);
     let out = tmp.path().join("art");
-    let o = optimize(
+    let err = optimize_ok(
         &[
             MFN,
             "--calibration",
@@ -446,19 +427,14 @@ fn images_that_fail_to_decode_are_skipped_and_counted() {
             "calibration/heldout/face-chips",
             "--runs",
             "2",
-            "--out",
-            out.to_str().unwrap(),
         ],
+        &out,
         tmp.path(),
     );
-    assert!(o.status.success(), "{}", stderr(&o));
     let a = artifact(&out);
     assert_eq!(a["calibration"]["images"].as_integer(), Some(13));
     assert_eq!(a["calibration"]["skipped"].as_integer(), Some(1));
-    assert!(
-        stderr(&o).contains("broken-0.jpg"),
-        "the skipped image is named"
-    );
+    assert!(err.contains("broken-0.jpg"), "the skipped image is named");
 
     // Past the threshold (20% here) it is an error.
     let cal2 = tmp.path().join("cal2");
@@ -563,7 +539,7 @@ fn unknown_ops_stay_float_with_a_warning() {
     chips(&cal, 6, 0);
     chips(&cal.join("heldout"), 4, 0);
     let out = tmp.path().join("art");
-    let o = optimize(
+    let err = optimize_ok(
         &[
             file.to_str().unwrap(),
             "--model",
@@ -572,13 +548,10 @@ fn unknown_ops_stay_float_with_a_warning() {
             cal.to_str().unwrap(),
             "--runs",
             "2",
-            "--out",
-            out.to_str().unwrap(),
         ],
+        &out,
         tmp.path(),
     );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let err = stderr(&o);
     assert!(
         err.contains("left in float") && err.contains("Celu"),
         "{err}"
@@ -612,4 +585,46 @@ fn shaped(name: &str, dims: &[i64]) -> pb::ValueInfoProto {
         });
     }
     v
+}
+
+/// Cross-layer equalization rescales Conv → ReLU → Conv pairs without changing the function.
+#[test]
+fn equalization_preserves_the_float_model() {
+    use edgesight::engine::{Engine, EngineConfig};
+    let file = asset("models/cache/centernet-mobilenetv3.onnx");
+    let src = Model::load(&file).unwrap();
+    let mut eq = src.clone();
+    let pairs = edgesight::optimize::equalize::equalize(&mut eq, 4);
+    assert!(pairs >= 10, "{pairs} pairs");
+    // Some weight changed, by more than rounding.
+    let changed = src
+        .graph()
+        .initializer
+        .iter()
+        .zip(&eq.graph().initializer)
+        .filter(|(a, b)| a.raw_data() != b.raw_data() || a.float_data != b.float_data)
+        .count();
+    assert!(changed >= 2 * pairs, "{changed} initializers changed");
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("eq.onnx");
+    eq.save(&path).unwrap();
+    let mut a = Engine::load(&file, &EngineConfig::default()).unwrap();
+    let mut b = Engine::load(&path, &EngineConfig::default()).unwrap();
+    let m = edgesight::models::Manifest::find("centernet").unwrap();
+    let spec = edgesight::models::preprocess_spec(&m, a.io()).unwrap();
+    let img = edgesight::optimize::calibrate::decode_image(&asset("assets/bus.jpg")).unwrap();
+    let (t, _) = edgesight::preprocess::Preprocessor::new(spec)
+        .run(img.view())
+        .unwrap();
+    let ra: Vec<f32> = a.run(&t).unwrap()[0].data.iter().copied().collect();
+    let rb: Vec<f32> = b.run(&t).unwrap()[0].data.iter().copied().collect();
+    // The top detections are the same boxes with the same scores.
+    for (x, y) in ra.chunks(6).zip(rb.chunks(6)).take(5) {
+        for k in 0..6 {
+            assert!(
+                (x[k] - y[k]).abs() < 0.05 * x[k].abs().max(1.0),
+                "{x:?} vs {y:?}"
+            );
+        }
+    }
 }

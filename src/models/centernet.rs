@@ -143,7 +143,11 @@ mod tests {
             src_height: 768,
         };
         let d = c.decode(&[out], &t).unwrap();
-        assert_eq!(d.len(), 2, "the 0.2 row is under the threshold, the 0.4 bus a duplicate");
+        assert_eq!(
+            d.len(),
+            2,
+            "the 0.2 row is under the threshold, the 0.4 bus a duplicate"
+        );
         assert_eq!(
             (d[0].label.as_str(), d[1].label.as_str()),
             ("bus", "person")

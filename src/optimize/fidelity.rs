@@ -61,6 +61,36 @@ pub fn latency(
     Ok(lat.percentiles())
 }
 
+/// Batch-1 latency of a reference and (optionally) a candidate, timed alternately.
+pub fn latency_pair(
+    reference: &mut Engine,
+    mut candidate: Option<&mut Engine>,
+    input: &Tensor,
+    runs: usize,
+) -> Result<(Percentiles, Option<Percentiles>), EngineError> {
+    for _ in 0..2 {
+        reference.run(input)?;
+        if let Some(c) = candidate.as_deref_mut() {
+            c.run(input)?;
+        }
+    }
+    let (mut a, mut b) = (Latency::default(), Latency::default());
+    for _ in 0..runs.max(1) {
+        let t0 = Instant::now();
+        reference.run(input)?;
+        a.record(t0.elapsed());
+        if let Some(c) = candidate.as_deref_mut() {
+            let t0 = Instant::now();
+            c.run(input)?;
+            b.record(t0.elapsed());
+        }
+    }
+    Ok((
+        a.percentiles(),
+        candidate.is_some().then(|| b.percentiles()),
+    ))
+}
+
 /// The batch size with the lowest per-image p50 latency among 2, 4 and 8, for models whose
 /// batch dimension is dynamic: (batch, per-image percentiles).
 pub fn best_batch(

@@ -11,6 +11,7 @@
 pub mod artifact;
 pub mod calibrate;
 pub mod calibrator;
+pub mod equalize;
 pub mod fidelity;
 pub mod fp16;
 pub mod qdq;
@@ -95,6 +96,8 @@ pub struct OptimizeSpec {
     pub engine: EngineConfig,
     /// Timed runs per model for the latency figures.
     pub bench_runs: usize,
+    /// Cross-layer equalization before calibration.
+    pub equalize: bool,
 }
 
 /// Progress of the long steps: (step, done, total).
@@ -193,8 +196,17 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
         Precision::Fp32 => src.clone(),
         Precision::Fp16 => fp16::convert(&src, &fp16::Fp16Options::default())?.0,
         Precision::Int8 => {
+            // Equalized weights compute the same function; the FP32 reference stays the
+            // original model, so the figures include any drift this causes.
+            let mut src = src.clone();
+            if spec.equalize {
+                let n = equalize::equalize(&mut src, 4);
+                tracing::info!(pairs = n, "cross-layer equalization");
+            }
             let set = cal_set.expect("opened above for int8");
-            let key = calibrate::cache_key(&source_sha, &set.sha256, &pre);
+            // Equalized weights give other activations: their statistics are cached apart.
+            let model_key = format!("{source_sha}{}", if spec.equalize { "+cle" } else { "" });
+            let key = calibrate::cache_key(&model_key, &set.sha256, &pre);
             let (stats, skipped, cached) = match calibrate::load_cached(&key) {
                 Some(s) => (s, 0, true),
                 None => {
@@ -291,7 +303,14 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
     let fp32_size = std::fs::metadata(&spec.manifest.file)
         .map(|m| m.len())
         .unwrap_or(0);
-    let fp32_lat = fidelity::latency(&mut fp32, &held[0], spec.bench_runs)?;
+    // Load the candidate now so both are timed side by side, run for run: drift in the
+    // machine's speed then hits both figures alike.
+    let mut cand = match spec.precision {
+        Precision::Fp32 => None,
+        _ => Some(Engine::load(&model_path, &cpu)?),
+    };
+    let (fp32_lat, cand_lat) =
+        fidelity::latency_pair(&mut fp32, cand.as_mut(), &held[0], spec.bench_runs)?;
     let fp32_batch = fidelity::best_batch(&mut fp32, &held[0], spec.bench_runs)?;
     let fp32_out = fidelity::outputs_of(&mut fp32, &held)?;
     figures.push(Figures {
@@ -301,11 +320,9 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
         best_batch: fp32_batch,
         size_bytes: fp32_size,
     });
-    if spec.precision != Precision::Fp32 {
-        let mut cand = Engine::load(&model_path, &cpu)?;
-        let lat = fidelity::latency(&mut cand, &held[0], spec.bench_runs)?;
-        let batch = fidelity::best_batch(&mut cand, &held[0], spec.bench_runs)?;
-        let out = fidelity::outputs_of(&mut cand, &held)?;
+    if let (Some(cand), Some(lat)) = (cand.as_mut(), cand_lat) {
+        let batch = fidelity::best_batch(cand, &held[0], spec.bench_runs)?;
+        let out = fidelity::outputs_of(cand, &held)?;
         let fid = fidelity::compare_with_identities(
             &fp32_out,
             &out,

@@ -612,7 +612,11 @@ fn quantize_weights(
             if let Some(bv) = onnx::tensor_f32(&g.initializer[bi]) {
                 let limit = (1u32 << 30) as f32;
                 for (c, b) in bv.iter().enumerate() {
-                    let k = if per_channel { c.min(scales.len() - 1) } else { 0 };
+                    let k = if per_channel {
+                        c.min(scales.len() - 1)
+                    } else {
+                        0
+                    };
                     let need = b.abs() / (s_in * limit);
                     if need > scales[k] {
                         scales[k] = need;
