@@ -65,7 +65,7 @@ fn pairs(g: &pb::GraphProto) -> Vec<Pair> {
         let wb = &inits[b.input[1].as_str()].dims;
         let gb = group(b);
         let b_depthwise = gb > 1 && gb == oa && wb[1] == 1 && wb[0] == oa;
-        if !(gb == 1 && wb[1] == oa) && !b_depthwise {
+        if !(b_depthwise || gb == 1 && wb[1] == oa) {
             continue;
         }
         out.push(Pair {
