@@ -5,18 +5,13 @@
 //! can still give two peaks (the bus in `bus.jpg` does), so a class-wise NMS follows.
 //! Input: NHWC RGB float in 0..255, stretched to the input size.
 
-use super::{input_hw, Detector, IoCheck, Labels, Manifest, ModelError};
-use crate::detection::{nms_per_class, BBox, Detection};
+use super::{input_hw, Detector, DetectorCommon, IoCheck, Labels, Manifest, ModelError};
+use crate::detection::Detection;
 use crate::preprocess::{Layout, PreprocessSpec, Resize, Transform};
 use crate::tensor::{ElementType, ModelIo, Output};
 
 pub struct CenterNet {
-    spec: PreprocessSpec,
-    labels: Labels,
-    score_threshold: f32,
-    iou_threshold: f32,
-    max_detections: usize,
-    model: String,
+    c: DetectorCommon,
 }
 
 impl CenterNet {
@@ -38,28 +33,30 @@ impl CenterNet {
         let (h, w) = input_hw(&input.shape, true);
         let [dw, dh] = m.input_size.unwrap_or([512, 512]);
         Ok(Self {
-            spec: PreprocessSpec {
-                width: w.unwrap_or(dw),
-                height: h.unwrap_or(dh),
-                resize: Resize::Stretch,
-                layout: Layout::Nhwc,
-                elem: ElementType::F32,
-                mean: [0.0; 3],
-                std: [1.0; 3],
-                pad: 0,
+            c: DetectorCommon {
+                spec: PreprocessSpec {
+                    width: w.unwrap_or(dw),
+                    height: h.unwrap_or(dh),
+                    resize: Resize::Stretch,
+                    layout: Layout::Nhwc,
+                    elem: ElementType::F32,
+                    mean: [0.0; 3],
+                    std: [1.0; 3],
+                    pad: 0,
+                },
+                labels: labels.unwrap_or_default(),
+                score_threshold: m.score_threshold,
+                iou_threshold: m.iou_threshold,
+                max_detections: m.max_detections,
+                model: check.model.clone(),
             },
-            labels: labels.unwrap_or_default(),
-            score_threshold: m.score_threshold,
-            iou_threshold: m.iou_threshold,
-            max_detections: m.max_detections,
-            model: check.model.clone(),
         })
     }
 }
 
 impl Detector for CenterNet {
     fn preprocess(&self) -> &PreprocessSpec {
-        &self.spec
+        &self.c.spec
     }
 
     fn decode(&self, outputs: &[Output], t: &Transform) -> Result<Vec<Detection>, ModelError> {
@@ -67,7 +64,7 @@ impl Detector for CenterNet {
         let v: Vec<f32> = o.data.iter().copied().collect();
         if v.len() % 6 != 0 {
             return Err(ModelError::OutputShape {
-                model: self.model.clone(),
+                model: self.c.model.clone(),
                 output: o.name.clone(),
                 shape: o.data.shape().to_vec(),
                 reason: "not rows of 6".into(),
@@ -77,23 +74,20 @@ impl Detector for CenterNet {
         for r in v.chunks_exact(6) {
             let score = r[4];
             // NaN scores fail this too.
-            if score.is_nan() || score < self.score_threshold {
+            if score.is_nan() || score < self.c.score_threshold {
                 continue;
             }
-            let (x1, y1) = t.to_source(r[0], r[1]);
-            let (x2, y2) = t.to_source(r[2], r[3]);
-            if x2 <= x1 || y2 <= y1 {
-                continue;
-            }
-            let class_id = r[5].max(0.0).round() as u32;
-            dets.push(Detection {
-                class_id,
-                label: self.labels.name(class_id),
+            let d = self.c.detection(
+                r[5].max(0.0).round() as u32,
                 score,
-                bbox: BBox { x1, y1, x2, y2 },
-            });
+                t,
+                [r[0], r[1], r[2], r[3]],
+            );
+            if d.bbox.x2 > d.bbox.x1 && d.bbox.y2 > d.bbox.y1 {
+                dets.push(d);
+            }
         }
-        Ok(nms_per_class(dets, self.iou_threshold, self.max_detections))
+        Ok(self.c.finish(dets))
     }
 }
 

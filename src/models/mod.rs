@@ -30,6 +30,36 @@ pub enum ModelError {
     Labels(#[from] labels::LabelsError),
 }
 
+/// What a detector family keeps besides its own output layout.
+pub(crate) struct DetectorCommon {
+    pub spec: PreprocessSpec,
+    pub labels: Labels,
+    pub score_threshold: f32,
+    pub iou_threshold: f32,
+    pub max_detections: usize,
+    /// The model file, for errors.
+    pub model: String,
+}
+
+impl DetectorCommon {
+    /// A detection from a box in model-input pixels.
+    pub fn detection(&self, class_id: u32, score: f32, t: &Transform, b: [f32; 4]) -> Detection {
+        let (x1, y1) = t.to_source(b[0], b[1]);
+        let (x2, y2) = t.to_source(b[2], b[3]);
+        Detection {
+            class_id,
+            label: self.labels.name(class_id),
+            score,
+            bbox: crate::detection::BBox { x1, y1, x2, y2 },
+        }
+    }
+
+    /// Class-wise NMS and the manifest's cap.
+    pub fn finish(&self, dets: Vec<Detection>) -> Vec<Detection> {
+        crate::detection::nms_per_class(dets, self.iou_threshold, self.max_detections)
+    }
+}
+
 /// What every family's constructor starts with: the model's name for its errors, and its
 /// first input and output.
 pub(crate) struct IoCheck {

@@ -5,18 +5,13 @@
 //! class scores (already sigmoid-ed, no objectness). Class names come from the export's `names`
 //! metadata, else from the manifest's labels file.
 
-use super::{input_hw, Detector, IoCheck, Labels, Manifest, ModelError};
-use crate::detection::{nms_per_class, BBox, Detection};
+use super::{input_hw, Detector, DetectorCommon, IoCheck, Labels, Manifest, ModelError};
+use crate::detection::Detection;
 use crate::preprocess::{Layout, PreprocessSpec, Resize, Transform};
 use crate::tensor::{ElementType, ModelIo, Output};
 
 pub struct Yolov8 {
-    spec: PreprocessSpec,
-    labels: Labels,
-    score_threshold: f32,
-    iou_threshold: f32,
-    max_detections: usize,
-    model: String,
+    c: DetectorCommon,
 }
 
 impl Yolov8 {
@@ -57,28 +52,30 @@ impl Yolov8 {
             );
         }
         Ok(Self {
-            spec: PreprocessSpec {
-                width: w.unwrap_or(dw),
-                height: h.unwrap_or(dh),
-                resize: Resize::Letterbox,
-                layout: Layout::Nchw,
-                elem: ElementType::F32,
-                mean: [0.0; 3],
-                std: [255.0; 3],
-                pad: 114,
+            c: DetectorCommon {
+                spec: PreprocessSpec {
+                    width: w.unwrap_or(dw),
+                    height: h.unwrap_or(dh),
+                    resize: Resize::Letterbox,
+                    layout: Layout::Nchw,
+                    elem: ElementType::F32,
+                    mean: [0.0; 3],
+                    std: [255.0; 3],
+                    pad: 114,
+                },
+                labels,
+                score_threshold: m.score_threshold,
+                iou_threshold: m.iou_threshold,
+                max_detections: m.max_detections,
+                model: check.model.clone(),
             },
-            labels,
-            score_threshold: m.score_threshold,
-            iou_threshold: m.iou_threshold,
-            max_detections: m.max_detections,
-            model: check.model.clone(),
         })
     }
 }
 
 impl Detector for Yolov8 {
     fn preprocess(&self) -> &PreprocessSpec {
-        &self.spec
+        &self.c.spec
     }
 
     fn decode(&self, outputs: &[Output], t: &Transform) -> Result<Vec<Detection>, ModelError> {
@@ -86,7 +83,7 @@ impl Detector for Yolov8 {
         let shape = out.data.shape();
         if shape.len() != 3 || shape[1] < 5 {
             return Err(ModelError::OutputShape {
-                model: self.model.clone(),
+                model: self.c.model.clone(),
                 output: out.name.clone(),
                 shape: shape.to_vec(),
                 reason: "want [B, 4 + classes, anchors]".into(),
@@ -110,26 +107,21 @@ impl Detector for Yolov8 {
         }
         let mut dets = Vec::new();
         for (j, &(class_id, score)) in best.iter().enumerate() {
-            if score < self.score_threshold {
+            if score < self.c.score_threshold {
                 continue;
             }
             let (cx, cy, w, h) = (a[[0, j]], a[[1, j]], a[[2, j]], a[[3, j]]);
-            let (x1, y1) = t.to_source(cx - w / 2.0, cy - h / 2.0);
-            let (x2, y2) = t.to_source(cx + w / 2.0, cy + h / 2.0);
-            dets.push(Detection {
-                class_id,
-                label: self.labels.name(class_id),
-                score,
-                bbox: BBox { x1, y1, x2, y2 },
-            });
+            let b = [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0];
+            dets.push(self.c.detection(class_id, score, t, b));
         }
-        Ok(nms_per_class(dets, self.iou_threshold, self.max_detections))
+        Ok(self.c.finish(dets))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detection::BBox;
     use crate::tensor::TensorInfo;
     use ndarray::Array3;
 
