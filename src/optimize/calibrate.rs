@@ -201,11 +201,22 @@ pub fn cache_dir() -> PathBuf {
     base.join("edgesight")
 }
 
-pub fn cache_key(model_sha: &str, set_sha: &str, spec: &PreprocessSpec) -> String {
+/// Keyed by everything the statistics depend on, the set of tensors observed included: a
+/// quantizer that learns a new op needs statistics for tensors an older run did not collect.
+pub fn cache_key(
+    model_sha: &str,
+    set_sha: &str,
+    spec: &PreprocessSpec,
+    tensors: &[String],
+) -> String {
     let mut h = Sha256::new();
     h.update(model_sha);
     h.update(set_sha);
     h.update(format!("{spec:?}"));
+    for t in tensors {
+        h.update(t.as_bytes());
+        h.update([0u8]);
+    }
     h.update(env!("CARGO_PKG_VERSION"));
     hex(&h.finalize())[..24].to_string()
 }

@@ -206,7 +206,12 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
             let set = cal_set.expect("opened above for int8");
             // Equalized weights give other activations: their statistics are cached apart.
             let model_key = format!("{source_sha}{}", if spec.equalize { "+cle" } else { "" });
-            let key = calibrate::cache_key(&model_key, &set.sha256, &pre);
+            let key = calibrate::cache_key(
+                &model_key,
+                &set.sha256,
+                &pre,
+                &qdq::calibration_tensors(&src),
+            );
             let (stats, skipped, cached) = match calibrate::load_cached(&key) {
                 Some(s) => (s, 0, true),
                 None => {
