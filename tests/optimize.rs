@@ -51,7 +51,13 @@ fn int8_mobilefacenet_stays_close_to_fp32() {
         &out,
         tmp.path(),
     );
-    for f in ["model.onnx", "artifact.toml", "report.md", "latency.svg"] {
+    for f in [
+        "model.onnx",
+        "artifact.toml",
+        "report.md",
+        "latency.svg",
+        "layer-error.svg",
+    ] {
         assert!(out.join(f).is_file(), "{f} in the artifact");
     }
     let a = artifact(&out);
@@ -67,6 +73,18 @@ fn int8_mobilefacenet_stays_close_to_fp32() {
         a["quantized_layers"].as_integer(),
         Some(52),
         "every Conv in int8"
+    );
+    // Per-layer output error: one figure per quantized node, the error growing with depth.
+    let le = a["layer_error"].as_array().unwrap();
+    assert!(le.len() >= 52, "{} layer figures", le.len());
+    let first = le[0]["fidelity"].as_float().unwrap();
+    let worst = le
+        .iter()
+        .map(|l| l["fidelity"].as_float().unwrap())
+        .fold(1.0, f64::min);
+    assert!(
+        first > 0.99 && worst < first,
+        "first {first}, worst {worst}"
     );
 
     // Measured: mean cosine 0.979, worst held-out chip 0.964 (percentile 99.99, 2 threads).

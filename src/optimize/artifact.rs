@@ -61,6 +61,9 @@ pub struct Artifact {
     pub model: Manifest,
     pub figures: Vec<Figures>,
     pub sensitivity: Vec<LayerSensitivity>,
+    /// Cosine of each quantized node's output with FP32's, the whole model quantized.
+    #[serde(default)]
+    pub layer_error: Vec<LayerSensitivity>,
 }
 
 impl Artifact {

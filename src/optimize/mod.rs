@@ -190,6 +190,7 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
 
     let mut cal_info = None;
     let mut sensitivity = Vec::new();
+    let mut layer_error = Vec::new();
     let mut excluded: Vec<String> = Vec::new();
     let mut qreport = None;
     let candidate: Model = match spec.precision {
@@ -285,6 +286,15 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                     );
                 }
             }
+            let probe: Vec<Tensor> = held.iter().take(4).cloned().collect();
+            layer_error = fidelity::layer_errors(
+                &src,
+                &q,
+                &rep.compute_outputs,
+                &probe,
+                &cpu,
+                scratch.path(),
+            )?;
             excluded = rep.excluded.clone();
             for (op, n) in &rep.unknown_ops {
                 tracing::warn!(op = %op, nodes = n, "op unknown to the quantizer: left in float");
@@ -373,6 +383,7 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
         unknown_ops: qreport.map(|r| r.unknown_ops).unwrap_or_default(),
         figures,
         sensitivity,
+        layer_error,
         tensorrt,
         created_by: format!("edgesight {}", env!("CARGO_PKG_VERSION")),
     };

@@ -169,6 +169,8 @@ pub struct QdqReport {
     /// Every node that computes in int8, data movement aside: the candidates of the accuracy
     /// search.
     pub quantized_compute: Vec<String>,
+    /// (node, its output tensor) for the same nodes, for per-layer error figures.
+    pub compute_outputs: Vec<(String, String)>,
     /// Layers the user (or the accuracy search) kept in float.
     pub excluded: Vec<String>,
     /// Op types the quantizer does not know, left in float: (op, count).
@@ -447,12 +449,19 @@ pub fn quantize(
         }
     }
     let mut used_inits: HashSet<String> = HashSet::new();
-    report.quantized_compute = g
+    // Only nodes with a quantized output count: an Add of integer indices is no layer.
+    report.compute_outputs = g
         .node
         .iter()
         .zip(&active)
         .filter(|(n, &on)| on && !SHARES_INPUT_RANGE.contains(&n.op_type()))
-        .map(|(n, _)| node_label(n))
+        .filter_map(|(n, _)| Some((node_label(n), n.output.first()?.clone())))
+        .filter(|(_, t)| ranges.contains_key(t))
+        .collect();
+    report.quantized_compute = report
+        .compute_outputs
+        .iter()
+        .map(|(n, _)| n.clone())
         .collect();
     for (n, &on) in g.node.iter().zip(&active) {
         let mut node = n.clone();

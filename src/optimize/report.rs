@@ -10,6 +10,7 @@ use super::OptimizeError;
 
 pub const LATENCY_SVG: &str = "latency.svg";
 pub const SENSITIVITY_SVG: &str = "sensitivity.svg";
+pub const LAYER_ERROR_SVG: &str = "layer-error.svg";
 
 pub fn write(a: &Artifact, dir: &Path) -> Result<(), OptimizeError> {
     let io_err = |e: String| OptimizeError::Io {
@@ -18,7 +19,22 @@ pub fn write(a: &Artifact, dir: &Path) -> Result<(), OptimizeError> {
     };
     latency_plot(a, &dir.join(LATENCY_SVG)).map_err(io_err)?;
     if !a.sensitivity.is_empty() {
-        sensitivity_plot(a, &dir.join(SENSITIVITY_SVG)).map_err(io_err)?;
+        layer_plot(
+            a,
+            &a.sensitivity,
+            "Fidelity with one node quantized (graph order)",
+            &dir.join(SENSITIVITY_SVG),
+        )
+        .map_err(io_err)?;
+    }
+    if !a.layer_error.is_empty() {
+        layer_plot(
+            a,
+            &a.layer_error,
+            "Output cosine with FP32, per node, whole model quantized (graph order)",
+            &dir.join(LAYER_ERROR_SVG),
+        )
+        .map_err(io_err)?;
     }
     std::fs::write(dir.join("report.md"), markdown(a)).map_err(|e| io_err(e.to_string()))
 }
@@ -123,6 +139,21 @@ pub fn markdown(a: &Artifact) -> String {
             ops.join(", ")
         );
     }
+    if !a.layer_error.is_empty() {
+        let _ = writeln!(
+            s,
+            "## Per-layer output error\n\nThe cosine between each quantized node's output and \
+             FP32's, with the whole model quantized, on held-out frames: where the error enters \
+             and how it grows.\n\n![layer error]({LAYER_ERROR_SVG})\n"
+        );
+        let mut v: Vec<_> = a.layer_error.iter().collect();
+        v.sort_by(|x, y| x.fidelity.total_cmp(&y.fidelity));
+        let _ = writeln!(s, "| node | output cosine |\n|---|---|");
+        for l in v.iter().take(5) {
+            let _ = writeln!(s, "| `{}` | {:.5} |", l.layer, l.fidelity);
+        }
+        let _ = writeln!(s);
+    }
     if !a.sensitivity.is_empty() {
         let _ = writeln!(
             s,
@@ -211,17 +242,19 @@ fn latency_plot(a: &Artifact, path: &Path) -> Result<(), String> {
     root.present().map_err(|e| e.to_string())
 }
 
-fn sensitivity_plot(a: &Artifact, path: &Path) -> Result<(), String> {
+fn layer_plot(
+    a: &Artifact,
+    layers: &[super::LayerSensitivity],
+    title: &str,
+    path: &Path,
+) -> Result<(), String> {
     let root = SVGBackend::new(path, (900, 380)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let v: Vec<f64> = a.sensitivity.iter().map(|s| s.fidelity).collect();
+    let v: Vec<f64> = layers.iter().map(|s| s.fidelity).collect();
     let lo = v.iter().copied().fold(1.0f64, f64::min);
     let lo = (lo - (1.0 - lo) * 0.1).clamp(0.0, 0.999);
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Fidelity with one layer quantized (graph order)",
-            ("sans-serif", 18),
-        )
+        .caption(title, ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(30)
         .y_label_area_size(60)
@@ -229,13 +262,13 @@ fn sensitivity_plot(a: &Artifact, path: &Path) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
-        .x_desc("weighted layer")
-        .y_desc("fidelity")
+        .x_desc("node (graph order)")
+        .y_desc("fidelity (red: kept in float)")
         .draw()
         .map_err(|e| e.to_string())?;
     let excluded: std::collections::HashSet<&str> = a.excluded.iter().map(String::as_str).collect();
     chart
-        .draw_series(a.sensitivity.iter().enumerate().map(|(i, s)| {
+        .draw_series(layers.iter().enumerate().map(|(i, s)| {
             let color = if excluded.contains(s.layer.as_str()) {
                 RED.filled()
             } else {
