@@ -136,10 +136,19 @@ pub fn check_tensorrt(
     precision: Precision,
     base: &EngineConfig,
 ) -> Result<(), OptimizeError> {
+    open_tensorrt(model, tensorrt_options(precision, None), base)
+}
+
+/// A session on the TensorRT provider, never falling back to the CPU.
+fn open_tensorrt(
+    model: &Path,
+    tensorrt: TensorRtOptions,
+    base: &EngineConfig,
+) -> Result<(), OptimizeError> {
     let cfg = EngineConfig {
         provider: Provider::Tensorrt,
         fallback_to_cpu: false,
-        tensorrt: tensorrt_options(precision, None),
+        tensorrt,
         ..base.clone()
     };
     Engine::load(model, &cfg)
@@ -168,13 +177,7 @@ pub fn build_tensorrt(
         reason: e.to_string(),
     })?;
     let opts = tensorrt_options(precision, Some(cache));
-    let cfg = EngineConfig {
-        provider: Provider::Tensorrt,
-        fallback_to_cpu: false,
-        tensorrt: opts.clone(),
-        ..base.clone()
-    };
-    Engine::load(model, &cfg).map_err(|e| tensorrt_missing(&e.to_string()))?;
+    open_tensorrt(model, opts.clone(), base)?;
     Ok(TensorRtInfo {
         fp16: opts.fp16,
         int8: opts.int8,

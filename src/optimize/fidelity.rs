@@ -49,16 +49,7 @@ pub fn latency(
     input: &Tensor,
     runs: usize,
 ) -> Result<Percentiles, EngineError> {
-    for _ in 0..2 {
-        engine.run(input)?;
-    }
-    let mut lat = Latency::default();
-    for _ in 0..runs.max(1) {
-        let t0 = Instant::now();
-        engine.run(input)?;
-        lat.record(t0.elapsed());
-    }
-    Ok(lat.percentiles())
+    Ok(latency_pair(engine, None, input, runs)?.0)
 }
 
 /// Per-layer output error: the cosine between each named tensor in the reference and in the

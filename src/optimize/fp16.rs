@@ -50,10 +50,6 @@ fn keep_rule<'a>(op: &str, opts: &'a Fp16Options) -> Option<(&'a [usize], &'a [u
     opts.keep_ops.contains(op).then_some((&[0][..], &[0][..]))
 }
 
-fn f16_bits(x: f32) -> u16 {
-    half_from_f32(x)
-}
-
 /// IEEE 754 binary16 from binary32, round to nearest even, saturating to ±inf like a cast.
 fn half_from_f32(x: f32) -> u16 {
     let b = x.to_bits();
@@ -91,7 +87,10 @@ fn half_from_f32(x: f32) -> u16 {
 
 fn to_f16_tensor(t: &pb::TensorProto) -> Option<pb::TensorProto> {
     let v = onnx::tensor_f32(t)?;
-    let raw: Vec<u8> = v.iter().flat_map(|&x| f16_bits(x).to_le_bytes()).collect();
+    let raw: Vec<u8> = v
+        .iter()
+        .flat_map(|&x| half_from_f32(x).to_le_bytes())
+        .collect();
     Some(onnx::tensor_raw(t.name(), DataType::Float16, &t.dims, raw))
 }
 

@@ -645,26 +645,31 @@ fn quantize_weights(
     } else {
         per_channel_scales(&values, 1)
     };
-    // The int32 bias must hold b / (s_input * s_weight): a channel with tiny weights and a
-    // real bias would overflow it, so such a channel's weight scale is widened until the bias
-    // fits in 2^30 (headroom for the accumulator).
+    // The Conv/Gemm bias, when it can be quantized: int32 at the scale the integer kernels
+    // accumulate in, s_input * s_weight[c], which needs the input's scale.
+    let bias = match (n.op_type(), n.input.get(2), input_scale) {
+        ("Conv" | "Gemm", Some(b), Some(s_in)) if !b.is_empty() => init_idx
+            .get(b.as_str())
+            .map(|&bi| &g.initializer[bi])
+            .and_then(|t| Some((t, onnx::tensor_f32(t)?, s_in))),
+        _ => None,
+    };
+    let scale_of_channel = |c: usize, scales: &[f32]| {
+        if per_channel {
+            c.min(scales.len() - 1)
+        } else {
+            0
+        }
+    };
+    // b / (s_input * s_weight) must fit the int32: a channel with tiny weights and a real bias
+    // would overflow it, so such a channel's weight scale is widened until the bias fits in
+    // 2^30 (headroom for the accumulator).
     let mut scales = scales;
-    if matches!(n.op_type(), "Conv" | "Gemm") && n.input.len() > 2 {
-        if let (Some(s_in), Some(&bi)) = (input_scale, init_idx.get(n.input[2].as_str())) {
-            if let Some(bv) = onnx::tensor_f32(&g.initializer[bi]) {
-                let limit = (1u32 << 30) as f32;
-                for (c, b) in bv.iter().enumerate() {
-                    let k = if per_channel {
-                        c.min(scales.len() - 1)
-                    } else {
-                        0
-                    };
-                    let need = b.abs() / (s_in * limit);
-                    if need > scales[k] {
-                        scales[k] = need;
-                    }
-                }
-            }
+    if let Some((_, bv, s_in)) = &bias {
+        let limit = (1u32 << 30) as f32;
+        for (c, b) in bv.iter().enumerate() {
+            let k = scale_of_channel(c, &scales);
+            scales[k] = scales[k].max(b.abs() / (s_in * limit));
         }
     }
     let channel_of = |idx: usize| -> usize {
@@ -711,55 +716,43 @@ fn quantize_weights(
     ));
     node.input[wi] = dqn;
 
-    // Bias: int32 at the scale the integer kernels accumulate in.
-    if matches!(n.op_type(), "Conv" | "Gemm") && n.input.len() > 2 && !n.input[2].is_empty() {
-        if let (Some(s_in), Some(&bi)) = (input_scale, init_idx.get(n.input[2].as_str())) {
-            let b = &g.initializer[bi];
-            if let Some(bv) = onnx::tensor_f32(b) {
-                let bscale: Vec<f32> = (0..bv.len())
-                    .map(|c| {
-                        s_in * scales[if per_channel {
-                            c.min(scales.len() - 1)
-                        } else {
-                            0
-                        }]
-                    })
-                    .collect();
-                // Per-axis DequantizeLinear needs opset 13; before that one scale must serve.
-                let (bscale, bdims, battrs) = if per_channel {
-                    (
-                        bscale,
-                        vec![bv.len() as i64],
-                        vec![onnx::attr_int("axis", 0)],
-                    )
-                } else {
-                    (vec![bscale[0]], vec![], vec![])
-                };
-                let bq: Vec<i32> = bv
-                    .iter()
-                    .zip(bscale.iter().cycle())
-                    .map(|(&v, &s)| (v / s).round().clamp(i32::MIN as f32, i32::MAX as f32) as i32)
-                    .collect();
-                let bname = b.name().to_string();
-                let (bqn, bsn, bzn, bdq) = (
-                    format!("{bname}__q32_{}", node_label(n)),
-                    format!("{bname}__bscale_{}", node_label(n)),
-                    format!("{bname}__bzp_{}", node_label(n)),
-                    format!("{bname}__bdq_{}", node_label(n)),
-                );
-                new_inits.push(onnx::tensor_from_i32(&bqn, &[bv.len() as i64], &bq));
-                new_inits.push(onnx::tensor_from_f32(&bsn, &bdims, &bscale));
-                new_inits.push(onnx::tensor_from_i32(&bzn, &bdims, &vec![0; bscale.len()]));
-                new_nodes.push(onnx::node(
-                    "DequantizeLinear",
-                    &format!("{bdq}__DQ"),
-                    &[&bqn, &bsn, &bzn],
-                    &[&bdq],
-                    battrs,
-                ));
-                node.input[2] = bdq;
-            }
-        }
+    if let Some((b, bv, s_in)) = bias {
+        let bscale: Vec<f32> = (0..bv.len())
+            .map(|c| s_in * scales[scale_of_channel(c, &scales)])
+            .collect();
+        // Per-axis DequantizeLinear needs opset 13; before that one scale must serve.
+        let (bscale, bdims, battrs) = if per_channel {
+            (
+                bscale,
+                vec![bv.len() as i64],
+                vec![onnx::attr_int("axis", 0)],
+            )
+        } else {
+            (vec![bscale[0]], vec![], vec![])
+        };
+        let bq: Vec<i32> = bv
+            .iter()
+            .zip(bscale.iter().cycle())
+            .map(|(&v, &s)| (v / s).round().clamp(i32::MIN as f32, i32::MAX as f32) as i32)
+            .collect();
+        let bname = format!("{}__{}", b.name(), node_label(n));
+        let (bqn, bsn, bzn, bdq) = (
+            format!("{bname}__q32"),
+            format!("{bname}__bscale"),
+            format!("{bname}__bzp"),
+            format!("{bname}__bdq"),
+        );
+        new_inits.push(onnx::tensor_from_i32(&bqn, &[bv.len() as i64], &bq));
+        new_inits.push(onnx::tensor_from_f32(&bsn, &bdims, &bscale));
+        new_inits.push(onnx::tensor_from_i32(&bzn, &bdims, &vec![0; bscale.len()]));
+        new_nodes.push(onnx::node(
+            "DequantizeLinear",
+            &format!("{bdq}__DQ"),
+            &[&bqn, &bsn, &bzn],
+            &[&bdq],
+            battrs,
+        ));
+        node.input[2] = bdq;
     }
     Some(())
 }
