@@ -1,6 +1,9 @@
-//! Ingest: any file or URI that `uridecodebin` can play becomes a stream of RGB [`Frame`]s.
+//! Ingest: any file or URI that `uridecodebin` can play becomes a stream of [`Frame`]s.
 //!
-//! The pipeline is `uridecodebin ! videoconvert ! video/x-raw,format=RGB ! appsink`. The appsink
+//! The pipeline is `uridecodebin ! videoconvert ! video/x-raw,format=I420 ! appsink` (or RGB,
+//! with [`Decoder::open_as`]). I420 is what decoders emit, so `videoconvert` passes it through
+//! untouched and the full-size frame is never converted: on a 2-core box that conversion
+//! would take CPU from inference (see `edgesight bench`). The appsink
 //! keeps a short queue and never drops, so a file source blocks at the speed of the slowest
 //! stage instead of losing frames. Non-video pads (audio, subtitles) are sent to a `fakesink`.
 //!
@@ -24,7 +27,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
-use crate::frame::{Frame, FrameError};
+use crate::frame::{Frame, FrameError, PixelFormat};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -122,8 +125,14 @@ fn init() -> Result<(), IngestError> {
 
 impl Decoder {
     /// Builds the pipeline and waits for the first frame to preroll, so that a file that is
-    /// not video fails here, with its name, rather than somewhere downstream.
+    /// not video fails here, with its name, rather than somewhere downstream. Frames come as
+    /// I420.
     pub fn open(uri: &str, stream: Arc<str>) -> Result<Self, IngestError> {
+        Self::open_as(uri, stream, PixelFormat::I420)
+    }
+
+    /// [`Decoder::open`], with frames in `format`.
+    pub fn open_as(uri: &str, stream: Arc<str>, format: PixelFormat) -> Result<Self, IngestError> {
         init()?;
         let redacted = redact(uri);
         let open_err = |reason: String| IngestError::Open {
@@ -131,6 +140,7 @@ impl Decoder {
             reason,
         };
         let pipeline = gst::Pipeline::with_name(&format!("ingest-{stream}"));
+        crate::sched::background_streaming_threads(&pipeline);
         let make = |factory: &str| {
             gst::ElementFactory::make(factory)
                 .build()
@@ -142,7 +152,7 @@ impl Decoder {
             .map_err(|e| open_err(format!("missing GStreamer element uridecodebin: {e}")))?;
         let convert = make("videoconvert")?;
         let caps = gst::Caps::builder("video/x-raw")
-            .field("format", "RGB")
+            .field("format", format.caps_name())
             .build();
         let appsink = gst_app::AppSink::builder()
             .caps(&caps)

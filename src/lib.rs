@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod cvmat;
 pub mod detection;
 pub mod engine;
 pub mod frame;
@@ -15,6 +16,7 @@ pub mod onnx;
 pub mod optimize;
 pub mod pipeline;
 pub mod preprocess;
+pub mod sched;
 pub mod sinks;
 pub mod stats;
 pub mod tensor;

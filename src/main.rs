@@ -38,6 +38,10 @@ enum Cmd {
         /// Frames the bare engine is timed on.
         #[arg(long, default_value_t = 300)]
         engine_frames: usize,
+        /// Rounds of (bare engine, pipeline, analytics only), taken back to back so that CPU
+        /// drift hits all three alike; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Also write the report as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -299,7 +303,12 @@ fn print_summary(s: &Summary) {
     println!("wrote {}", s.outputs.summary.display());
 }
 
-fn bench(args: &RunArgs, engine_frames: usize, json: Option<&PathBuf>) -> Result<ExitCode> {
+fn bench(
+    args: &RunArgs,
+    engine_frames: usize,
+    rounds: usize,
+    json: Option<&PathBuf>,
+) -> Result<ExitCode> {
     let mut spec = match (&args.input, &args.pipeline) {
         (None, None) => RunArgs {
             input: Some("assets/vtest.avi".into()),
@@ -311,16 +320,27 @@ fn bench(args: &RunArgs, engine_frames: usize, json: Option<&PathBuf>) -> Result
     if args.out.is_none() && args.pipeline.is_none() {
         spec.out_dir = PathBuf::from("out/bench");
     }
-    eprintln!("bench: pipeline run on {} ...", spec.input);
-    let r = edgesight::bench::run(&spec, engine_frames)?;
+    eprintln!("bench: {rounds} rounds on {} ...", spec.input);
+    let r = edgesight::bench::run(&spec, engine_frames, rounds, &mut |i, r| {
+        eprintln!(
+            "  round {}: engine {:.1} fps, pipeline {:.1} fps ({:.3}), analytics {:.1} fps ({:.3}), RSS {:.0} MiB",
+            i + 1,
+            r.engine_fps,
+            r.pipeline_fps,
+            r.ratio(),
+            r.analytics_fps,
+            r.analytics_ratio(),
+            r.rss_mib
+        )
+    })?;
     println!("model            {}", r.model);
     println!("input            {}", r.input);
     println!(
-        "bare engine      {:.1} fps over {} preprocessed frames (p50 {:.2} ms, p95 {:.2} ms)",
+        "bare engine      {:.1} fps over {} preprocessed frames a round (p50 {:.2} ms, p95 {:.2} ms)",
         r.engine_fps, r.engine_runs, r.engine_latency.p50_ms, r.engine_latency.p95_ms
     );
     println!(
-        "end to end       {:.1} fps over {} frames (`run` as configured{})",
+        "end to end       {:.1} fps over {} frames a round (`run` as configured{})",
         r.pipeline_fps,
         r.pipeline_frames,
         if spec.write_video {
@@ -329,10 +349,13 @@ fn bench(args: &RunArgs, engine_frames: usize, json: Option<&PathBuf>) -> Result
             ""
         }
     );
-    println!("ratio            {:.3}", r.ratio);
     println!(
-        "analytics only   {:.1} fps (no video encode), ratio {:.3}",
-        r.analytics_fps, r.analytics_ratio
+        "ratio            {:.3} (rounds {:.3}..{:.3})",
+        r.ratio, r.ratio_range.0, r.ratio_range.1
+    );
+    println!(
+        "analytics only   {:.1} fps (no video encode), ratio {:.3} (rounds {:.3}..{:.3})",
+        r.analytics_fps, r.analytics_ratio, r.analytics_ratio_range.0, r.analytics_ratio_range.1
     );
     println!("peak RSS         {:.0} MiB", r.peak_rss_mib);
     let rss: Vec<String> = r
@@ -488,8 +511,9 @@ fn main() -> ExitCode {
         Cmd::Bench {
             run,
             engine_frames,
+            rounds,
             json,
-        } => bench(run, *engine_frames, json.as_ref()),
+        } => bench(run, *engine_frames, *rounds, json.as_ref()),
         Cmd::Optimize(a) => optimize(a),
     };
     match result {

@@ -220,69 +220,45 @@ pub fn run(
     let (tx_inf, rx_inf) = bounded::<Inferred>(depth);
     let (tx_det, rx_det) = bounded::<Detected>(depth);
 
-    let mut lat: BTreeMap<&'static str, Latency> = BTreeMap::new();
-    let mut by_label: BTreeMap<String, u64> = BTreeMap::new();
-    let mut frames = 0u64;
-    let mut total_dets = 0u64;
-
-    let (ingest_result, stage_results, sink_result) = std::thread::scope(|s| {
-        let ingest = s.spawn(move || ingest_stage(decoder, tx_dec, stop, spec.max_frames));
+    let (ingest_result, stage_results, sinks_out) = std::thread::scope(|s| {
+        let ingest = spawn_named(s, "ingest", move || {
+            ingest_stage(decoder, tx_dec, stop, spec.max_frames)
+        });
         let stages = [
-            s.spawn(move || preprocess_stage(detector, rx_dec, tx_pre)),
-            s.spawn(move || infer_stage(engine, rx_pre, tx_inf)),
-            s.spawn(move || decode_stage(detector, rx_inf, tx_det)),
+            spawn_named(s, "preprocess", move || {
+                preprocess_stage(detector, rx_dec, tx_pre)
+            }),
+            spawn_named(s, "infer", move || infer_stage(engine, rx_pre, tx_inf)),
+            spawn_named(s, "postprocess", move || {
+                decode_stage(detector, rx_inf, tx_det)
+            }),
         ];
-
-        let mut sink_result: Result<(), PipelineError> = Ok(());
-        for det in rx_det.iter() {
-            let t = Instant::now();
-            for sink in sinks.iter_mut() {
-                if let Err(e) = sink.write(&det.d.frame, &det.detections) {
-                    sink_result = Err(e.into());
-                }
-            }
-            if sink_result.is_err() {
-                break;
-            }
-            let times = det.d.times;
-            for (name, d) in [
-                ("decode", times.decode),
-                ("preprocess", times.preprocess),
-                ("infer", times.infer),
-                ("postprocess", times.postprocess),
-                ("sink", t.elapsed()),
-                ("end_to_end", det.d.born.elapsed()),
-            ] {
-                lat.entry(name).or_default().record(d);
-            }
-            for d in &det.detections {
-                *by_label.entry(d.label.clone()).or_default() += 1;
-            }
-            total_dets += det.detections.len() as u64;
-            frames += 1;
+        // Sinks get their own (background) thread; the caller's thread only reports progress,
+        // so its priority is left as it was.
+        let (tx_prog, rx_prog) = crossbeam_channel::unbounded::<u64>();
+        let sinks = spawn_named(s, "sinks", move || sink_stage(sinks, rx_det, tx_prog));
+        for frames in rx_prog.iter() {
             on_progress(&Progress {
                 frames,
                 total: expected,
                 elapsed: started.elapsed(),
             });
         }
-        drop(rx_det);
-        // Finalize every sink even if one failed, so each file is as complete as it can be.
-        for sink in sinks {
-            let r = sink.finish();
-            if sink_result.is_ok() {
-                sink_result = r.map_err(Into::into);
-            }
-        }
+        let sinks_out = join(sinks);
         let ingest_result = join(ingest);
         let stage_results: Vec<Result<(), PipelineError>> = stages.into_iter().map(join).collect();
-        (ingest_result, stage_results, sink_result)
+        (ingest_result, stage_results, sinks_out)
     });
 
     for r in stage_results {
         r?;
     }
-    sink_result?;
+    let SinkTally {
+        lat,
+        by_label,
+        frames,
+        total_dets,
+    } = sinks_out?;
     let stream_error = match ingest_result {
         Ok(()) => None,
         // The frames before the damage went through; report it, keep the results.
@@ -322,9 +298,77 @@ pub fn run(
     Ok(summary)
 }
 
-fn join(
-    h: std::thread::ScopedJoinHandle<'_, Result<(), PipelineError>>,
-) -> Result<(), PipelineError> {
+/// A scoped thread with a name, so `top -H` (and the priority tests) can tell stages apart.
+fn spawn_named<'scope, T: Send + 'scope>(
+    s: &'scope std::thread::Scope<'scope, '_>,
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'scope,
+) -> std::thread::ScopedJoinHandle<'scope, T> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn_scoped(s, f)
+        .expect("the OS can start a thread")
+}
+
+/// What the sinks saw: per-stage latencies and detection counts.
+#[derive(Default)]
+struct SinkTally {
+    lat: BTreeMap<&'static str, Latency>,
+    by_label: BTreeMap<String, u64>,
+    frames: u64,
+    total_dets: u64,
+}
+
+fn sink_stage(
+    mut sinks: Vec<Box<dyn Sink>>,
+    rx: Receiver<Detected>,
+    progress: Sender<u64>,
+) -> Result<SinkTally, PipelineError> {
+    crate::sched::background();
+    let mut tally = SinkTally::default();
+    let mut result: Result<(), PipelineError> = Ok(());
+    for det in rx.iter() {
+        let t = Instant::now();
+        for sink in sinks.iter_mut() {
+            if let Err(e) = sink.write(&det.d.frame, &det.detections) {
+                result = Err(e.into());
+            }
+        }
+        if result.is_err() {
+            break;
+        }
+        let times = det.d.times;
+        for (name, d) in [
+            ("decode", times.decode),
+            ("preprocess", times.preprocess),
+            ("infer", times.infer),
+            ("postprocess", times.postprocess),
+            ("sink", t.elapsed()),
+            ("end_to_end", det.d.born.elapsed()),
+        ] {
+            tally.lat.entry(name).or_default().record(d);
+        }
+        for d in &det.detections {
+            *tally.by_label.entry(d.label.clone()).or_default() += 1;
+        }
+        tally.total_dets += det.detections.len() as u64;
+        tally.frames += 1;
+        let _ = progress.send(tally.frames);
+    }
+    drop(rx);
+    // Finalize every sink even if one failed, so each file is as complete as it can be.
+    for sink in sinks {
+        let r = sink.finish();
+        if result.is_ok() {
+            result = r.map_err(Into::into);
+        }
+    }
+    result.map(|()| tally)
+}
+
+fn join<T>(
+    h: std::thread::ScopedJoinHandle<'_, Result<T, PipelineError>>,
+) -> Result<T, PipelineError> {
     h.join().unwrap_or_else(|p| {
         let msg = p
             .downcast_ref::<String>()
@@ -341,6 +385,7 @@ fn ingest_stage(
     stop: &AtomicBool,
     max_frames: Option<u64>,
 ) -> Result<(), PipelineError> {
+    crate::sched::background();
     let mut waited = Instant::now();
     loop {
         if stop.load(Ordering::SeqCst) || max_frames.is_some_and(|m| decoder.frames() >= m) {
@@ -369,11 +414,12 @@ fn preprocess_stage(
     rx: Receiver<Decoded>,
     tx: Sender<Prepared>,
 ) -> Result<(), PipelineError> {
+    crate::sched::background();
     let mut pre = Preprocessor::new(detector.preprocess().clone());
     for mut d in rx {
         let t = Instant::now();
         let (tensor, transform) =
-            pre.run(d.frame.view())
+            pre.run(d.frame.pixels())
                 .map_err(|err| PipelineError::Preprocess {
                     stream: d.frame.stream.to_string(),
                     err,
@@ -419,6 +465,7 @@ fn decode_stage(
     rx: Receiver<Inferred>,
     tx: Sender<Detected>,
 ) -> Result<(), PipelineError> {
+    crate::sched::background();
     for mut i in rx {
         let t = Instant::now();
         let detections = detector.decode(&i.outputs, &i.transform)?;

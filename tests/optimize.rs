@@ -284,7 +284,7 @@ fn fp16_keeps_float32_inputs_and_outputs() {
     let m = edgesight::models::Manifest::find("mobilefacenet").unwrap();
     let spec = edgesight::models::preprocess_spec(&m, a.io()).unwrap();
     let (t, _) = edgesight::preprocess::Preprocessor::new(spec)
-        .run(img.view())
+        .run(img.pixels())
         .unwrap();
     let ra: Vec<f32> = a.run(&t).unwrap()[0].data.iter().copied().collect();
     let rb: Vec<f32> = b.run(&t).unwrap()[0].data.iter().copied().collect();
@@ -632,7 +632,7 @@ fn equalization_preserves_the_float_model() {
     let spec = edgesight::models::preprocess_spec(&m, a.io()).unwrap();
     let img = edgesight::optimize::calibrate::decode_image(&asset("assets/bus.jpg")).unwrap();
     let (t, _) = edgesight::preprocess::Preprocessor::new(spec)
-        .run(img.view())
+        .run(img.pixels())
         .unwrap();
     let ra: Vec<f32> = a.run(&t).unwrap()[0].data.iter().copied().collect();
     let rb: Vec<f32> = b.run(&t).unwrap()[0].data.iter().copied().collect();

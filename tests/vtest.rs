@@ -94,6 +94,34 @@ fn vtest_people_events_and_annotated_video() {
     // The annotated MP4 is finalized and plays back whole.
     let video = out.path().join("annotated.mp4");
     assert_eq!(decode_count(&video), (795, 768, 576));
+
+    // The boxes are drawn where the events say: a person's box edge is red (255, 56, 56) in
+    // the annotated video, and it was not in the source. (Drawn on I420 planes, so a wrong
+    // chroma placement or colour matrix shows up here.)
+    let n = 200;
+    let person = ev[n]["detections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["label"] == "person" && bbox(d).0 >= 4.0 && bbox(d).3 - bbox(d).1 >= 40.0)
+        .expect("a person in frame 200");
+    let (x1, y1, _, y2) = bbox(person);
+    let redness = |img: &ndarray::Array3<u8>| {
+        let (mut sum, mut k) = (0.0, 0.0);
+        for y in (y1 as usize + 4)..(y2 as usize - 4) {
+            for x in (x1 as usize)..(x1 as usize + 2) {
+                sum += img[[y, x, 0]] as f64 - img[[y, x, 1]] as f64;
+                k += 1.0;
+            }
+        }
+        sum / k
+    };
+    let drawn = redness(&rgb_frame(&video, n as u64));
+    let source = redness(&rgb_frame(&asset("assets/vtest.avi"), n as u64));
+    assert!(
+        drawn > 100.0 && drawn > source + 80.0,
+        "left edge of {person}: R-G {drawn:.0} annotated, {source:.0} in the source"
+    );
 }
 
 #[test]

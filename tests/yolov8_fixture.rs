@@ -48,7 +48,7 @@ fn fixture_shapes_decode_and_cost() {
         }
     };
     let mut pre = Preprocessor::new(detector.preprocess().clone());
-    let (tensor, transform) = pre.run(frame.view()).unwrap();
+    let (tensor, transform) = pre.run(frame.pixels()).unwrap();
     assert_eq!(tensor.shape(), &[1, 3, 640, 640], "letterboxed to 640");
 
     let t0 = Instant::now();

@@ -8,12 +8,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ndarray::Array3;
 use sha2::{Digest, Sha256};
 
 use super::calibrator::TensorStats;
 use super::{qdq, OptimizeError};
 use crate::engine::{Engine, EngineConfig};
+use crate::frame::Frame;
 use crate::ingest::{resolve_input, Decoder, Next};
 use crate::onnx::Model;
 use crate::preprocess::{PreprocessSpec, Preprocessor};
@@ -103,8 +103,9 @@ pub fn file_sha256(path: &Path) -> Result<String, OptimizeError> {
     Ok(hex(&Sha256::digest(&bytes)))
 }
 
-/// One image, decoded by GStreamer into packed RGB.
-pub fn decode_image(path: &Path) -> Result<Array3<u8>, String> {
+/// One image, decoded by GStreamer as video is: an I420 [`Frame`], so calibration sees the
+/// very pixels (colour conversion included) that `edgesight run` gives the model.
+pub fn decode_image(path: &Path) -> Result<Frame, String> {
     let uri = resolve_input(&path.to_string_lossy()).map_err(|e| e.to_string())?;
     let mut dec = Decoder::open(&uri, "calibration".into()).map_err(|e| e.to_string())?;
     loop {
@@ -112,7 +113,7 @@ pub fn decode_image(path: &Path) -> Result<Array3<u8>, String> {
             .next(Duration::from_millis(500))
             .map_err(|e| e.to_string())?
         {
-            Next::Frame(f) => return Ok(f.view().to_owned()),
+            Next::Frame(f) => return Ok(f),
             Next::Pending => continue,
             Next::Eos => return Err("no frame".into()),
         }
@@ -132,7 +133,7 @@ pub fn tensors(
         match decode_image(p) {
             Ok(img) => {
                 let (t, _) = pre
-                    .run(img.view())
+                    .run(img.pixels())
                     .map_err(|e| OptimizeError::Calibration {
                         dir: set.dir.clone(),
                         reason: format!("{}: {e}", p.display()),
@@ -201,6 +202,8 @@ pub fn cache_dir() -> PathBuf {
     base.join("edgesight")
 }
 
+const PIXELS_REVISION: u32 = 2;
+
 /// Keyed by everything the statistics depend on, the set of tensors observed included: a
 /// quantizer that learns a new op needs statistics for tensors an older run did not collect.
 pub fn cache_key(
@@ -218,6 +221,9 @@ pub fn cache_key(
         h.update([0u8]);
     }
     h.update(env!("CARGO_PKG_VERSION"));
+    // Bumped whenever decoding or preprocessing changes the pixels (2: I420 decode, OpenCV
+    // bilinear resize), which a version number in development does not track.
+    h.update(PIXELS_REVISION.to_le_bytes());
     hex(&h.finalize())[..24].to_string()
 }
 

@@ -2,7 +2,8 @@
 //!
 //! `appsrc ! videoconvert ! video/x-raw,format=I420 ! x264enc ! h264parse ! mp4mux ! filesink`.
 //! The I420 caps matter: left alone, x264enc negotiates 4:4:4, which most players and hardware
-//! decoders refuse. The file is only playable once mp4mux has written its index, so
+//! decoders refuse. Frames that arrive as I420 (all video from [`crate::ingest`]) are drawn on
+//! in I420, so `videoconvert` passes them through: no colour conversion on the way out either. The file is only playable once mp4mux has written its index, so
 //! [`Sink::finish`] sends EOS and waits for it to reach the file.
 
 use std::path::{Path, PathBuf};
@@ -11,9 +12,12 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
-use super::{draw::draw_detections, Sink, SinkError};
+use gstreamer_video as gst_video;
+
+use super::draw::{draw_i420, draw_rgb, Plane};
+use super::{Sink, SinkError};
 use crate::detection::Detection;
-use crate::frame::Frame;
+use crate::frame::{Frame, PixelFormat, YuvMatrix};
 
 pub struct AnnotatedVideo {
     path: PathBuf,
@@ -25,7 +29,10 @@ pub struct AnnotatedVideo {
 struct Running {
     pipeline: gst::Pipeline,
     appsrc: gst_app::AppSrc,
-    size: (u32, u32),
+    /// Layout of the buffers pushed: the frame's format and colorimetry, unpadded strides.
+    info: gst_video::VideoInfo,
+    format: PixelFormat,
+    matrix: YuvMatrix,
 }
 
 impl AnnotatedVideo {
@@ -55,22 +62,24 @@ impl AnnotatedVideo {
         }
     }
 
-    fn start(&self, width: u32, height: u32) -> Result<Running, SinkError> {
+    fn start(&self, frame: &Frame) -> Result<Running, SinkError> {
         let fps = gst::Fraction::approximate_f64(self.fps).unwrap_or(gst::Fraction::new(25, 1));
-        let caps = gst::Caps::builder("video/x-raw")
-            .field("format", "RGB")
-            .field("width", width as i32)
-            .field("height", height as i32)
-            .field("framerate", fps)
-            .build();
+        let src = frame.info();
+        let info = gst_video::VideoInfo::builder(src.format(), src.width(), src.height())
+            .fps(fps)
+            .colorimetry(&src.colorimetry())
+            .build()
+            .map_err(|e| self.err(e))?;
+        let caps = info.to_caps().map_err(|e| self.err(e))?;
         let appsrc = gst_app::AppSrc::builder()
             .caps(&caps)
             .format(gst::Format::Time)
             .is_live(false)
             .block(true)
-            .max_bytes((width * height * 3 * 8) as u64)
+            .max_bytes((info.size() * 8) as u64)
             .build();
         let pipeline = gst::Pipeline::with_name("annotated-video");
+        crate::sched::background_streaming_threads(&pipeline);
         let make = |name: &str| {
             gst::ElementFactory::make(name)
                 .build()
@@ -114,34 +123,69 @@ impl AnnotatedVideo {
         Ok(Running {
             pipeline,
             appsrc,
-            size: (width, height),
+            info,
+            format: frame.format(),
+            matrix: YuvMatrix::of(src),
         })
     }
 }
 
 impl Sink for AnnotatedVideo {
     fn write(&mut self, frame: &Frame, dets: &[Detection]) -> Result<(), SinkError> {
-        let (w, h) = (frame.width(), frame.height());
         if self.running.is_none() {
-            self.running = Some(self.start(w, h)?);
+            self.running = Some(self.start(frame)?);
         }
         let running = self.running.as_ref().expect("started above");
-        if running.size != (w, h) {
+        let (w, h) = (frame.width(), frame.height());
+        let info = &running.info;
+        if (info.width(), info.height()) != (w, h) || running.format != frame.format() {
             return Err(self.err(format!(
-                "frame size changed from {:?} to {:?} mid-stream",
-                running.size,
-                (w, h)
+                "frame changed from {}x{} {:?} to {w}x{h} {:?} mid-stream",
+                info.width(),
+                info.height(),
+                running.format,
+                frame.format()
             )));
         }
-        // The decoded buffer is read-only and padded; draw on a packed copy.
-        let mut rgb = Vec::with_capacity((w * h * 3) as usize);
-        let (stride, row) = (frame.stride(), (w * 3) as usize);
-        let plane = frame.plane();
-        for y in 0..h as usize {
-            rgb.extend_from_slice(&plane[y * stride..y * stride + row]);
+        // The decoded buffer is read-only and padded; draw on an unpadded copy.
+        let mut data = vec![0u8; info.size()];
+        let rows = |i: usize| match running.format {
+            PixelFormat::Rgb => (h as usize, w as usize * 3),
+            PixelFormat::I420 => (
+                info.comp_height(i as u8) as usize,
+                info.comp_width(i as u8) as usize,
+            ),
+        };
+        for i in 0..info.n_planes() as usize {
+            let (n, bytes) = rows(i);
+            let (src, src_stride) = (frame.plane(i), frame.plane_stride(i));
+            let (off, dst_stride) = (info.offset()[i], info.stride()[i] as usize);
+            for y in 0..n {
+                data[off + y * dst_stride..off + y * dst_stride + bytes]
+                    .copy_from_slice(&src[y * src_stride..y * src_stride + bytes]);
+            }
         }
-        draw_detections(&mut rgb, w, h, dets).map_err(|e| self.err(e))?;
-        let mut buffer = gst::Buffer::from_mut_slice(rgb);
+        match running.format {
+            PixelFormat::Rgb => draw_rgb(&mut data, w, h, info.stride()[0] as usize, dets),
+            PixelFormat::I420 => {
+                let (o, s) = (info.offset(), info.stride());
+                let (y, rest) = data.split_at_mut(o[1]);
+                let (u, v) = rest.split_at_mut(o[2] - o[1]);
+                let plane = |data, i: usize| Plane {
+                    data,
+                    stride: s[i] as usize,
+                };
+                draw_i420(
+                    [plane(y, 0), plane(u, 1), plane(v, 2)],
+                    w,
+                    h,
+                    &running.matrix,
+                    dets,
+                )
+            }
+        }
+        .map_err(|e| self.err(e))?;
+        let mut buffer = gst::Buffer::from_mut_slice(data);
         {
             let b = buffer.get_mut().expect("a new buffer is writable");
             let dur = gst::ClockTime::from_nseconds((1e9 / self.fps) as u64);

@@ -74,6 +74,20 @@ pub fn decode_count(path: &Path) -> (u64, u32, u32) {
     }
 }
 
+/// Frame `n` of a video, as packed RGB.
+pub fn rgb_frame(path: &Path, n: u64) -> ndarray::Array3<u8> {
+    let uri = resolve_input(path.to_str().unwrap()).unwrap();
+    let mut dec = Decoder::open_as(&uri, "check".into(), edgesight::frame::PixelFormat::Rgb)
+        .expect("the file opens as video");
+    loop {
+        match dec.next(Duration::from_millis(200)).expect("decodes") {
+            Next::Frame(f) if f.number == n => return f.rgb().expect("RGB frame").to_owned(),
+            Next::Frame(_) | Next::Pending => continue,
+            Next::Eos => panic!("{} has no frame {n}", path.display()),
+        }
+    }
+}
+
 /// `(x1, y1, x2, y2)` of a detection.
 pub fn bbox(d: &serde_json::Value) -> (f64, f64, f64, f64) {
     let b = &d["box"];
