@@ -202,7 +202,7 @@ pub fn cache_dir() -> PathBuf {
     base.join("edgesight")
 }
 
-const PIXELS_REVISION: u32 = 2;
+const PIXELS_REVISION: u32 = 3;
 
 /// Keyed by everything the statistics depend on, the set of tensors observed included: a
 /// quantizer that learns a new op needs statistics for tensors an older run did not collect.
@@ -222,7 +222,8 @@ pub fn cache_key(
     }
     h.update(env!("CARGO_PKG_VERSION"));
     // Bumped whenever decoding or preprocessing changes the pixels (2: I420 decode, OpenCV
-    // bilinear resize), which a version number in development does not track.
+    // bilinear resize) or the statistics gain a field (3: exact zeros counted), which a
+    // version number in development does not track.
     h.update(PIXELS_REVISION.to_le_bytes());
     hex(&h.finalize())[..24].to_string()
 }

@@ -68,6 +68,12 @@ pub struct TensorStats {
     /// NaN and ±inf values, skipped: they are not valid calibration data and
     /// would destroy any range, but counting them makes a broken model visible.
     non_finite: u64,
+    /// Exact zeros among `count` (also counted in `hist[0]`). ReLU outputs are
+    /// half zeros or more, and zero is exact on every quantized grid, so the
+    /// entropy search leaves them out: left in, their spike in bin 0 makes any
+    /// grouping of bin 0 with its neighbours look costly, and the search
+    /// always settled on its tightest threshold (a sixteenth of the maximum).
+    zeros: u64,
     /// `hist_max = 2^hist_max_log2`; `None` while only zeros were seen, when
     /// no grid is needed yet (0 lands in bin 0 on every grid).
     hist_max_log2: Option<i32>,
@@ -82,6 +88,8 @@ struct TensorStatsRepr {
     max: f32,
     count: u64,
     non_finite: u64,
+    #[serde(default)]
+    zeros: u64,
     hist_max_log2: Option<i32>,
     hist: Vec<u64>,
 }
@@ -110,6 +118,12 @@ impl TryFrom<TensorStatsRepr> for TensorStats {
         if !(r.min.is_finite() && r.max.is_finite()) || (r.count > 0 && r.min > r.max) {
             return Err(format!("invalid min/max {} / {}", r.min, r.max));
         }
+        if r.zeros > r.hist[0] {
+            return Err(format!(
+                "{} zeros but only {} values in the first bin",
+                r.zeros, r.hist[0]
+            ));
+        }
         match r.hist_max_log2 {
             Some(e) if !(MIN_HIST_LOG2..=MAX_HIST_LOG2).contains(&e) => {
                 return Err(format!("hist_max_log2 {e} out of range"));
@@ -124,6 +138,7 @@ impl TryFrom<TensorStatsRepr> for TensorStats {
             max: r.max,
             count: r.count,
             non_finite: r.non_finite,
+            zeros: r.zeros,
             hist_max_log2: r.hist_max_log2,
             hist: r.hist,
         })
@@ -143,6 +158,7 @@ impl TensorStats {
             max: 0.0,
             count: 0,
             non_finite: 0,
+            zeros: 0,
             hist_max_log2: None,
             hist: vec![0; NUM_BINS],
         }
@@ -169,6 +185,7 @@ impl TensorStats {
                 self.max = self.max.max(v);
             }
             self.count += 1;
+            self.zeros += u64::from(v == 0.0);
             batch_abs_max = batch_abs_max.max(v.abs());
         }
         if batch_abs_max > 0.0 {
@@ -196,6 +213,7 @@ impl TensorStats {
         }
         self.count = self.count.saturating_add(other.count);
         self.non_finite = self.non_finite.saturating_add(other.non_finite);
+        self.zeros = self.zeros.saturating_add(other.zeros);
         let shift = match (self.hist_max_log2, other.hist_max_log2) {
             (_, None) => 0,
             (None, Some(e)) => {
@@ -231,6 +249,11 @@ impl TensorStats {
         self.count
     }
 
+    /// Exact zeros among the values.
+    pub fn zeros(&self) -> u64 {
+        self.zeros
+    }
+
     /// Number of NaN / ±inf values that were skipped.
     pub fn non_finite(&self) -> u64 {
         self.non_finite
@@ -263,7 +286,11 @@ impl TensorStats {
         let threshold_bins = match method {
             Method::MinMax => return exact,
             Method::Percentile(p) => percentile_bins(&self.hist, p),
-            Method::Entropy => entropy_bins(&self.hist),
+            Method::Entropy => {
+                let mut nonzero = self.hist.clone();
+                nonzero[0] -= self.zeros;
+                entropy_bins(&nonzero)
+            }
         };
         let Some(bins) = threshold_bins else {
             return exact;
@@ -703,6 +730,28 @@ mod tests {
             assert_eq!(r.lo, 0.0, "{m}");
             assert!(r.hi > 0.0 && r.hi <= s.max(), "{m}: {r:?}");
         }
+    }
+
+    #[test]
+    fn entropy_ignores_the_zero_spike_of_relu_outputs() {
+        // Half zeros, half |N(0,1)|: the spike of zeros must not pull the
+        // threshold down towards the search's floor (max/16). The
+        // nonzero half alone is a half-normal of 50 000 samples, too light-tailed
+        // for 128 levels to gain from clipping.
+        let mut rng = Rng(11);
+        let v: Vec<f32> = (0..100_000)
+            .map(|_| rng.gaussian().max(0.0) as f32)
+            .collect();
+        let s = stats_of(&v);
+        assert!(s.zeros() > 45_000 && s.zeros() < 55_000, "{}", s.zeros());
+        let e = s.range(Method::Entropy);
+        assert_eq!(e.lo, 0.0);
+        // Measured: 4.23 (the maximum: nothing worth clipping); 1.98 with the
+        // zeros left in.
+        assert!(e.hi > 3.0 && e.hi <= s.max(), "{e:?}, max {}", s.max());
+        // The same values without the zeros give the same threshold.
+        let nz: Vec<f32> = v.iter().copied().filter(|&x| x != 0.0).collect();
+        assert_eq!(stats_of(&nz).range(Method::Entropy).hi, e.hi);
     }
 
     #[test]
