@@ -115,6 +115,9 @@ pub struct Decoder {
     display: String,
     next_number: u64,
     total_frames: Option<u64>,
+    /// An exact frame count written by the container (AVI's header), the only kind that can
+    /// prove a file short.
+    announced_frames: Option<u64>,
     fps: Option<f64>,
     size: (u32, u32),
 }
@@ -263,7 +266,8 @@ impl Decoder {
             (Some(d), Some(f)) => Some((d.nseconds() as f64 / 1e9 * f).round() as u64),
             _ => None,
         };
-        let total_frames = avi_header_frames(uri).filter(|&n| n > 0).or(by_duration);
+        let announced_frames = avi_header_frames(uri).filter(|&n| n > 0);
+        let total_frames = announced_frames.or(by_duration);
         pipeline
             .set_state(gst::State::Playing)
             .map_err(|_| open_err(first_error(&bus).unwrap_or_else(|| "cannot play".into())))?;
@@ -275,12 +279,15 @@ impl Decoder {
             display: redacted,
             next_number: 0,
             total_frames,
+            announced_frames,
             fps,
             size,
         })
     }
 
-    /// Frames the container announces (duration × rate); `None` for live or unknown length.
+    /// Frames expected: the container's own count where it has one, else duration × rate (an
+    /// estimate: variable-rate video and loose duration fields miss it). `None` for live or
+    /// unknown length.
     pub fn total_frames(&self) -> Option<u64> {
         self.total_frames
     }
@@ -330,8 +337,10 @@ impl Decoder {
         }
         if self.appsink.is_eos() {
             // GStreamer plays a truncated file to its last whole frame and calls that a clean
-            // end; only the frame count the container announced tells the two apart.
-            if let Some(total) = self.total_frames {
+            // end; only a frame count the container wrote tells the two apart. A count
+            // estimated from the duration cannot: a valid Matroska file whose duration field
+            // runs long, or any variable-rate video, would be called truncated.
+            if let Some(total) = self.announced_frames {
                 if self.next_number + truncation_slack(total) < total {
                     return Err(IngestError::Stream {
                         source_name: self.display.clone(),

@@ -29,7 +29,10 @@ pub struct AnnotatedVideo {
 struct Running {
     pipeline: gst::Pipeline,
     appsrc: gst_app::AppSrc,
-    /// Layout of the buffers pushed: the frame's format and colorimetry, unpadded strides.
+    /// Size of the frames coming in.
+    source_size: (u32, u32),
+    /// Layout of the buffers pushed: the frame's format and colorimetry, unpadded strides,
+    /// even sides.
     info: gst_video::VideoInfo,
     format: PixelFormat,
     matrix: YuvMatrix,
@@ -65,7 +68,17 @@ impl AnnotatedVideo {
     fn start(&self, frame: &Frame) -> Result<Running, SinkError> {
         let fps = gst::Fraction::approximate_f64(self.fps).unwrap_or(gst::Fraction::new(25, 1));
         let src = frame.info();
-        let info = gst_video::VideoInfo::builder(src.format(), src.width(), src.height())
+        // H.264 in 4:2:0 needs even sides (x264 refuses 641x361): an odd last column or row
+        // is left out of the annotated video.
+        let (w, h) = (src.width() & !1, src.height() & !1);
+        if w == 0 || h == 0 {
+            return Err(self.err(format!(
+                "a {}x{} frame is too small to encode",
+                src.width(),
+                src.height()
+            )));
+        }
+        let info = gst_video::VideoInfo::builder(src.format(), w, h)
             .fps(fps)
             .colorimetry(&src.colorimetry())
             .build()
@@ -75,8 +88,10 @@ impl AnnotatedVideo {
             .caps(&caps)
             .format(gst::Format::Time)
             .is_live(false)
-            .block(true)
-            .max_bytes((info.size() * 8) as u64)
+            // Back-pressure is done in `push`, which also watches for encoder errors: a
+            // blocking appsrc would wait forever on an encoder that has failed.
+            .block(false)
+            .max_bytes(QUEUED_FRAMES * info.size() as u64)
             .build();
         let pipeline = gst::Pipeline::with_name("annotated-video");
         crate::sched::background_streaming_threads(&pipeline);
@@ -123,10 +138,42 @@ impl AnnotatedVideo {
         Ok(Running {
             pipeline,
             appsrc,
+            source_size: (src.width(), src.height()),
             info,
             format: frame.format(),
             matrix: YuvMatrix::of(src),
         })
+    }
+}
+
+/// Frames the encoder may have queued before `write` waits for it.
+const QUEUED_FRAMES: u64 = 8;
+
+impl AnnotatedVideo {
+    /// Hands a frame to the encoder, waiting while it has `QUEUED_FRAMES` queued, and fails
+    /// with the encoder's own error as soon as it posts one.
+    fn push(&self, buffer: gst::Buffer) -> Result<(), SinkError> {
+        let r = self
+            .running
+            .as_ref()
+            .expect("started before the first push");
+        let bus = r.pipeline.bus().expect("a pipeline has a bus");
+        loop {
+            if let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
+                if let gst::MessageView::Error(e) = msg.view() {
+                    let detail = e.debug().map(|d| format!(" ({d})")).unwrap_or_default();
+                    return Err(self.err(format!("encoder failed: {}{detail}", e.error())));
+                }
+            }
+            if r.appsrc.current_level_bytes() < r.appsrc.max_bytes() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        r.appsrc
+            .push_buffer(buffer)
+            .map(|_| ())
+            .map_err(|e| self.err(format!("encoder refused a frame: {e:?}")))
     }
 }
 
@@ -136,17 +183,18 @@ impl Sink for AnnotatedVideo {
             self.running = Some(self.start(frame)?);
         }
         let running = self.running.as_ref().expect("started above");
-        let (w, h) = (frame.width(), frame.height());
-        let info = &running.info;
-        if (info.width(), info.height()) != (w, h) || running.format != frame.format() {
+        let (sw, sh) = (frame.width(), frame.height());
+        if running.source_size != (sw, sh) || running.format != frame.format() {
             return Err(self.err(format!(
-                "frame changed from {}x{} {:?} to {w}x{h} {:?} mid-stream",
-                info.width(),
-                info.height(),
+                "frame changed from {}x{} {:?} to {sw}x{sh} {:?} mid-stream",
+                running.source_size.0,
+                running.source_size.1,
                 running.format,
                 frame.format()
             )));
         }
+        let info = &running.info;
+        let (w, h) = (info.width(), info.height());
         // The decoded buffer is read-only and padded; draw on an unpadded copy.
         let mut data = vec![0u8; info.size()];
         let rows = |i: usize| match running.format {
@@ -195,11 +243,7 @@ impl Sink for AnnotatedVideo {
             b.set_duration(dur);
         }
         self.scratch_frames += 1;
-        running
-            .appsrc
-            .push_buffer(buffer)
-            .map(|_| ())
-            .map_err(|e| self.err(format!("encoder refused a frame: {e:?}")))
+        self.push(buffer)
     }
 
     fn finish(self: Box<Self>) -> Result<(), SinkError> {
