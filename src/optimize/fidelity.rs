@@ -28,8 +28,21 @@ pub struct Fidelity {
     pub per_output_cosine: BTreeMap<String, f64>,
     /// Detectors only: agreement mAP at IoU 0.5 with FP32's detections as the truth.
     pub map50: Option<f64>,
+    /// Detectors only: the per-class terms of `map50`, most frequent class first. The mean
+    /// weighs a class FP32 found once as much as one it found hundreds of times.
+    #[serde(default)]
+    pub per_class: Vec<ClassAgreement>,
     /// Embedders with identities: verification AUC of (FP32, optimized).
     pub auc: Option<(f64, f64)>,
+}
+
+/// Agreement AP50 of one class.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClassAgreement {
+    pub label: String,
+    /// FP32's detections of the class on the held-out frames.
+    pub instances: usize,
+    pub ap50: f64,
 }
 
 impl Fidelity {
@@ -207,6 +220,7 @@ pub fn compare_with_identities(
     let mean_cosine =
         per_output_cosine.values().sum::<f64>() / per_output_cosine.len().max(1) as f64;
 
+    let mut per_class = Vec::new();
     let map50 = if family.is_detector() {
         let det = build_detector(manifest, io)?;
         // Candidates are decoded down to a low score, as COCO's mAP does: AP then measures how
@@ -231,10 +245,9 @@ pub fn compare_with_identities(
                 .map(|o| d.decode(o, &t).map_err(OptimizeError::from))
                 .collect()
         };
-        Some(agreement_map50(
-            &decode(det.as_ref(), reference)?,
-            &decode(det_low.as_ref(), candidate)?,
-        ))
+        let pred = decode(det_low.as_ref(), candidate)?;
+        per_class = agreement_ap50_per_class(&decode(det.as_ref(), reference)?, &pred);
+        Some(mean_ap(&per_class, &pred))
     } else {
         None
     };
@@ -254,23 +267,37 @@ pub fn compare_with_identities(
         min_cosine: min_cos,
         per_output_cosine,
         map50,
+        per_class,
         auc,
     })
 }
 
-/// mAP at IoU 0.5 over the classes FP32 found, FP32's detections taken as ground truth.
-/// All-point interpolated AP per class, as in PASCAL VOC 2010+ and COCO.
-pub fn agreement_map50(truth: &[Vec<Detection>], pred: &[Vec<Detection>]) -> f64 {
-    let classes: BTreeSet<u32> = truth.iter().flatten().map(|d| d.class_id).collect();
-    if classes.is_empty() {
-        // Nothing to find: perfect agreement only when nothing was found either.
+/// The mean of the per-class APs. With no class to find, agreement is perfect only when
+/// nothing was found either.
+fn mean_ap(per_class: &[ClassAgreement], pred: &[Vec<Detection>]) -> f64 {
+    if per_class.is_empty() {
         return if pred.iter().all(Vec::is_empty) {
             1.0
         } else {
             0.0
         };
     }
-    let mut aps = Vec::new();
+    per_class.iter().map(|c| c.ap50).sum::<f64>() / per_class.len() as f64
+}
+
+/// mAP at IoU 0.5 over the classes FP32 found, FP32's detections taken as ground truth.
+/// All-point interpolated AP per class, as in PASCAL VOC 2010+ and COCO.
+pub fn agreement_map50(truth: &[Vec<Detection>], pred: &[Vec<Detection>]) -> f64 {
+    mean_ap(&agreement_ap50_per_class(truth, pred), pred)
+}
+
+/// AP50 of every class FP32 found, most instances first.
+pub fn agreement_ap50_per_class(
+    truth: &[Vec<Detection>],
+    pred: &[Vec<Detection>],
+) -> Vec<ClassAgreement> {
+    let classes: BTreeSet<u32> = truth.iter().flatten().map(|d| d.class_id).collect();
+    let mut out = Vec::new();
     for c in classes {
         let n_truth = truth.iter().flatten().filter(|d| d.class_id == c).count();
         // (score, is true positive), over all frames.
@@ -315,9 +342,20 @@ pub fn agreement_map50(truth: &[Vec<Detection>], pred: &[Vec<Detection>]) -> f64
             ap += (curve[i].0 - prev_recall) * p_env;
             prev_recall = curve[i].0;
         }
-        aps.push(ap);
+        let label = truth
+            .iter()
+            .flatten()
+            .find(|d| d.class_id == c)
+            .map(|d| d.label.clone())
+            .unwrap_or_default();
+        out.push(ClassAgreement {
+            label,
+            instances: n_truth,
+            ap50: ap,
+        });
     }
-    aps.iter().sum::<f64>() / aps.len() as f64
+    out.sort_by(|a, b| b.instances.cmp(&a.instances).then(a.label.cmp(&b.label)));
+    out
 }
 
 /// The identity in a face-chip file name: `John_Salley-000183.jpg` -> `John_Salley`.
@@ -385,6 +423,26 @@ mod tests {
             vec![det(0, 0.7, 20.0)],
         ];
         assert!((agreement_map50(&t, &t) - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn per_class_terms_make_the_mean_and_sort_by_instances() {
+        // Class 0 found twice and kept; class 1 found once and lost.
+        let t = vec![vec![
+            det(0, 0.9, 0.0),
+            det(0, 0.8, 50.0),
+            det(1, 0.7, 100.0),
+        ]];
+        let p = vec![vec![
+            det(0, 0.9, 0.0),
+            det(0, 0.8, 50.0),
+            det(2, 0.7, 100.0),
+        ]];
+        let pc = agreement_ap50_per_class(&t, &p);
+        assert_eq!(pc.len(), 2);
+        assert_eq!((pc[0].instances, pc[0].ap50), (2, 1.0));
+        assert_eq!((pc[1].instances, pc[1].ap50), (1, 0.0));
+        assert!((agreement_map50(&t, &p) - 0.5).abs() < 1e-9);
     }
 
     #[test]

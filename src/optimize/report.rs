@@ -115,6 +115,33 @@ pub fn markdown(a: &Artifact) -> String {
         );
     }
     let _ = writeln!(s, "\n![latency]({LATENCY_SVG})\n");
+    for f in &a.figures {
+        let Some(x) = f.fidelity.as_ref().filter(|x| !x.per_class.is_empty()) else {
+            continue;
+        };
+        let _ = writeln!(
+            s,
+            "Agreement AP50 of {} by class, most frequent first (the mean weighs a class FP32 \
+             found once as much as one it found a hundred times):\n\n\
+             | class | FP32 detections | AP50 |\n|---|---|---|",
+            f.precision
+        );
+        for c in &x.per_class {
+            let _ = writeln!(s, "| {} | {} | {:.3} |", c.label, c.instances, c.ap50);
+        }
+        let n: usize = x.per_class.iter().map(|c| c.instances).sum();
+        let weighted = x
+            .per_class
+            .iter()
+            .map(|c| c.ap50 * c.instances as f64)
+            .sum::<f64>()
+            / n.max(1) as f64;
+        let _ = writeln!(
+            s,
+            "\nWeighted by FP32's detections instead: {weighted:.3} (the mean above: {:.3}).\n",
+            x.map50.unwrap_or(0.0)
+        );
+    }
     if a.quantized_layers > 0 || !a.excluded.is_empty() {
         let _ = writeln!(
             s,
