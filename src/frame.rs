@@ -134,15 +134,8 @@ impl Frame {
 
     /// The pixels, borrowing the GStreamer buffer.
     pub fn pixels(&self) -> Pixels<'_> {
-        let (h, w) = (self.height() as usize, self.width() as usize);
         match self.format() {
-            PixelFormat::Rgb => {
-                let shape = (h, w, 3).strides((self.stride(), 3, 1));
-                Pixels::Rgb(
-                    ArrayView3::from_shape(shape, self.plane(0))
-                        .expect("a mapped RGB frame holds height * stride bytes"),
-                )
-            }
+            PixelFormat::Rgb => Pixels::Rgb(self.rgb_view()),
             PixelFormat::I420 => {
                 let info = self.frame.info();
                 let plane = |i: usize| {
@@ -168,10 +161,14 @@ impl Frame {
 
     /// The pixels as (height, width, channel) when the frame is packed RGB.
     pub fn rgb(&self) -> Option<ArrayView3<'_, u8>> {
-        match self.pixels() {
-            Pixels::Rgb(v) => Some(v),
-            Pixels::I420(_) => None,
-        }
+        (self.format() == PixelFormat::Rgb).then(|| self.rgb_view())
+    }
+
+    fn rgb_view(&self) -> ArrayView3<'_, u8> {
+        let (h, w) = (self.height() as usize, self.width() as usize);
+        let shape = (h, w, 3).strides((self.stride(), 3, 1));
+        ArrayView3::from_shape(shape, self.plane(0))
+            .expect("a mapped RGB frame holds height * stride bytes")
     }
 
     /// The caps the frame was decoded with (format, size, colorimetry).
@@ -225,16 +222,6 @@ impl<'a> From<ArrayView3<'a, u8>> for Pixels<'a> {
     }
 }
 
-impl Pixels<'_> {
-    /// (width, height) in pixels.
-    pub fn size(&self) -> (usize, usize) {
-        match self {
-            Pixels::Rgb(v) => (v.dim().1, v.dim().0),
-            Pixels::I420(y) => (y.y.dim().1, y.y.dim().0),
-        }
-    }
-}
-
 /// Strided views of an I420 frame's three planes.
 pub struct Yuv420<'a> {
     pub y: ArrayView2<'a, u8>,
@@ -248,10 +235,8 @@ pub struct Yuv420<'a> {
 ///
 /// ```
 /// use edgesight::frame::YuvMatrix;
-/// let m = YuvMatrix::BT601;
-/// let (y, u, v) = m.from_rgb([255, 0, 0]);
-/// let [r, g, b] = m.to_rgb(y, u, v);
-/// assert!(r >= 253 && g <= 2 && b <= 2);
+/// // Pure red in BT.601, limited range.
+/// assert_eq!(YuvMatrix::BT601.from_rgb([255, 0, 0]), (81, 90, 240));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct YuvMatrix {
@@ -302,14 +287,6 @@ impl YuvMatrix {
             -2.0 * self.kr * (1.0 - self.kr) / kg,
             2.0 * (1.0 - self.kb),
         ]
-    }
-
-    pub fn to_rgb(&self, y: u8, u: u8, v: u8) -> [u8; 3] {
-        let [yo, ys, cs, rv, gu, gv, bu] = self.coefficients();
-        let l = (y as f32 - yo) * ys;
-        let (cb, cr) = ((u as f32 - 128.0) * cs, (v as f32 - 128.0) * cs);
-        let q = |x: f32| x.round().clamp(0.0, 255.0) as u8;
-        [q(l + rv * cr), q(l + gu * cb + gv * cr), q(l + bu * cb)]
     }
 
     pub fn from_rgb(&self, rgb: [u8; 3]) -> (u8, u8, u8) {

@@ -28,6 +28,8 @@
 //! assert_eq!(t.to_source(32.0, 32.0), (48.0, 24.0));
 //! ```
 
+use std::borrow::Cow;
+
 use ndarray::{Array4, ArrayView, ArrayView3};
 use opencv::core::{Mat, Size};
 use opencv::imgproc;
@@ -102,6 +104,9 @@ impl Transform {
 /// (rows, cols, row step in bytes) of an 8-bit image in memory.
 type Geometry = (usize, usize, usize);
 
+/// (width, height) in pixels.
+type Size2 = (u32, u32);
+
 /// Resizes `rows` x `cols` pixels of `channels` bytes, `step` bytes apart, into `dst`, packed,
 /// at `dw` x `dh`.
 fn cv_resize(
@@ -140,6 +145,20 @@ fn cv_resize(
         ));
     }
     Ok(())
+}
+
+/// The view's bytes and geometry for OpenCV: borrowed when its rows are packed pixels (padding
+/// allowed), else copied into a packed buffer (e.g. a transposed array).
+fn packed_bytes<'a, D: ndarray::Dimension>(
+    v: &ArrayView<'a, u8, D>,
+    px: usize,
+) -> (Cow<'a, [u8]>, Geometry) {
+    if let Some((bytes, geo)) = strided_bytes(v, px) {
+        return (Cow::Borrowed(bytes), geo);
+    }
+    let (h, w) = (v.shape()[0], v.shape()[1]);
+    // `iter` walks in logical (row-major) order, which is the packed layout.
+    (Cow::Owned(v.iter().copied().collect()), (h, w, w * px))
 }
 
 /// The bytes a strided view covers and its (rows, cols, row step), when its pixels are packed
@@ -271,11 +290,11 @@ impl Preprocessor {
     ) -> Result<(Tensor, Transform), PreprocessError> {
         let spec = self.spec.clone();
         let (w, h) = (spec.width as usize, spec.height as usize);
-        let t = match img.into() {
+        let (t, size) = match img.into() {
             Pixels::Rgb(v) => self.resize(v)?,
             Pixels::I420(yuv) => self.resize_yuv(&yuv)?,
         };
-        let rgb = self.letterboxed(&t);
+        let rgb = self.letterboxed(&t, size);
         let tensor = match (spec.elem, spec.layout) {
             (ElementType::U8, Layout::Nhwc) => Tensor::U8(
                 Array4::from_shape_vec((1, h, w, 3), rgb.to_vec())
@@ -328,7 +347,7 @@ impl Preprocessor {
     }
 
     /// Placement of a `w` x `h` frame and its resized size.
-    fn placement(&self, w: usize, h: usize) -> Result<(Transform, (u32, u32)), PreprocessError> {
+    fn placement(&self, w: usize, h: usize) -> Result<(Transform, Size2), PreprocessError> {
         if h == 0 || w == 0 {
             return Err(PreprocessError::Empty(w, h));
         }
@@ -338,42 +357,26 @@ impl Preprocessor {
         Ok((t, (rw, rh)))
     }
 
-    /// Resizes into the scratch image; returns the placement.
-    fn resize(&mut self, img: ArrayView3<'_, u8>) -> Result<Transform, PreprocessError> {
+    /// Resizes into the scratch image; returns the placement and the resized size.
+    fn resize(&mut self, img: ArrayView3<'_, u8>) -> Result<(Transform, Size2), PreprocessError> {
         let (h, w, _) = img.dim();
         let (t, size) = self.placement(w, h)?;
-        let owned;
-        let (bytes, geo) = match strided_bytes(&img, 3) {
-            Some(b) => b,
-            // Not a plain strided RGB view (e.g. a transposed array): pack it first.
-            None => {
-                owned = img.as_standard_layout().to_owned();
-                strided_bytes(&owned.view(), 3).ok_or(PreprocessError::Empty(w, h))?
-            }
-        };
-        cv_resize(bytes, geo, 3, &mut self.scratch, size)?;
-        Ok(t)
+        let (bytes, geo) = packed_bytes(&img, 3);
+        cv_resize(&bytes, geo, 3, &mut self.scratch, size)?;
+        Ok((t, size))
     }
 
     /// Resizes the three planes to the placement size, then converts that small image to RGB
     /// in the scratch image.
-    fn resize_yuv(&mut self, yuv: &Yuv420<'_>) -> Result<Transform, PreprocessError> {
+    fn resize_yuv(&mut self, yuv: &Yuv420<'_>) -> Result<(Transform, Size2), PreprocessError> {
         let (h, w) = yuv.y.dim();
         let (t, size) = self.placement(w, h)?;
         for (src, dst) in [&yuv.y, &yuv.u, &yuv.v]
             .into_iter()
             .zip(self.planes.iter_mut())
         {
-            let owned;
-            let (bytes, geo) = match strided_bytes(src, 1) {
-                Some(b) => b,
-                None => {
-                    owned = src.as_standard_layout().to_owned();
-                    let (ph, pw) = src.dim();
-                    strided_bytes(&owned.view(), 1).ok_or(PreprocessError::Empty(pw, ph))?
-                }
-            };
-            cv_resize(bytes, geo, 1, dst, size)?;
+            let (bytes, geo) = packed_bytes(src, 1);
+            cv_resize(&bytes, geo, 1, dst, size)?;
         }
         yuv_to_rgb(
             &yuv.matrix,
@@ -382,15 +385,13 @@ impl Preprocessor {
             &mut self.merged,
             &mut self.scratch,
         )?;
-        Ok(t)
+        Ok((t, size))
     }
 
-    /// The resized image placed on the padded canvas, packed HWC.
-    fn letterboxed(&mut self, t: &Transform) -> &[u8] {
+    /// The resized image (`rw` x `rh`) placed on the padded canvas, packed HWC.
+    fn letterboxed(&mut self, t: &Transform, (rw, rh): Size2) -> &[u8] {
         let (w, h) = (self.spec.width as usize, self.spec.height as usize);
-        let (src_w, src_h) = (t.src_width as f32, t.src_height as f32);
-        let rw = (src_w * t.scale_x).round() as usize;
-        let rh = (src_h * t.scale_y).round() as usize;
+        let (rw, rh) = (rw as usize, rh as usize);
         if (rw, rh) == (w, h) {
             return &self.scratch; // stretched, or letterboxed without padding
         }
@@ -513,6 +514,21 @@ mod tests {
             .slice(s![0, 1, .., ..])
             .iter()
             .all(|&v| (v - 1.0).abs() < 1e-6));
+    }
+
+    #[test]
+    fn non_strided_view_is_packed_first() {
+        // A transposed view has no row step OpenCV can use; it is copied, not misread.
+        let img = Array3::from_shape_fn((7, 5, 3), |(y, x, c)| (y * 31 + x * 7 + c) as u8);
+        let t = img.view().permuted_axes([1, 0, 2]);
+        let packed = t.as_standard_layout().to_owned();
+        let mut pre = Preprocessor::new(spec(Resize::Stretch, Layout::Nhwc, ElementType::U8));
+        let (a, _) = pre.run(t).unwrap();
+        let (b, _) = pre.run(packed.view()).unwrap();
+        let (Tensor::U8(a), Tensor::U8(b)) = (a, b) else {
+            panic!()
+        };
+        assert_eq!(a, b);
     }
 
     #[test]

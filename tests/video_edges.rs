@@ -98,3 +98,23 @@ fn an_unwritable_annotated_video_fails_instead_of_hanging() {
     let err = result.expect_err("writing to /dev/full must fail");
     assert!(err.contains("/dev/full"), "{err} (after {written} frames)");
 }
+
+#[test]
+fn packed_rgb_frames_encode_too() {
+    // `run` feeds I420; a library caller may decode to RGB and use the same sink.
+    let dir = tempfile::tempdir().unwrap();
+    let clip = odd_clip(dir.path(), 5);
+    let uri = resolve_input(clip.to_str().unwrap()).unwrap();
+    let mut dec = Decoder::open_as(&uri, "rgb".into(), edgesight::frame::PixelFormat::Rgb).unwrap();
+    let path = dir.path().join("rgb.mp4");
+    let mut sink = AnnotatedVideo::create(&path, dec.fps()).unwrap();
+    loop {
+        match dec.next(Duration::from_millis(200)).unwrap() {
+            Next::Frame(f) => sink.write(&f, &[]).unwrap(),
+            Next::Pending => continue,
+            Next::Eos => break,
+        }
+    }
+    Box::new(sink).finish().unwrap();
+    assert_eq!(decode_count(&path), (5, 640, 360));
+}

@@ -34,7 +34,6 @@ struct Running {
     /// Layout of the buffers pushed: the frame's format and colorimetry, unpadded strides,
     /// even sides.
     info: gst_video::VideoInfo,
-    format: PixelFormat,
     matrix: YuvMatrix,
 }
 
@@ -145,7 +144,6 @@ impl AnnotatedVideo {
             appsrc,
             source_size: (src.width(), src.height()),
             info,
-            format: frame.format(),
             matrix: YuvMatrix::of(src),
         })
     }
@@ -188,29 +186,25 @@ impl Sink for AnnotatedVideo {
             self.running = Some(self.start(frame)?);
         }
         let running = self.running.as_ref().expect("started above");
+        let info = &running.info;
         let (sw, sh) = (frame.width(), frame.height());
-        if running.source_size != (sw, sh) || running.format != frame.format() {
+        if running.source_size != (sw, sh) || info.format() != frame.info().format() {
             return Err(self.err(format!(
                 "frame changed from {}x{} {:?} to {sw}x{sh} {:?} mid-stream",
                 running.source_size.0,
                 running.source_size.1,
-                running.format,
-                frame.format()
+                info.format(),
+                frame.info().format()
             )));
         }
-        let info = &running.info;
         let (w, h) = (info.width(), info.height());
-        // The decoded buffer is read-only and padded; draw on an unpadded copy.
+        // The decoded buffer is read-only and padded; draw on an unpadded copy. In both
+        // formats plane i starts with component i, so its rows hold that component's pixels.
         let mut data = vec![0u8; info.size()];
-        let rows = |i: usize| match running.format {
-            PixelFormat::Rgb => (h as usize, w as usize * 3),
-            PixelFormat::I420 => (
-                info.comp_height(i as u8) as usize,
-                info.comp_width(i as u8) as usize,
-            ),
-        };
         for i in 0..info.n_planes() as usize {
-            let (n, bytes) = rows(i);
+            let c = i as u8;
+            let n = info.comp_height(c) as usize;
+            let bytes = info.comp_width(c) as usize * info.comp_pstride(c) as usize;
             let (src, src_stride) = (frame.plane(i), frame.plane_stride(i));
             let (off, dst_stride) = (info.offset()[i], info.stride()[i] as usize);
             for y in 0..n {
@@ -218,7 +212,7 @@ impl Sink for AnnotatedVideo {
                     .copy_from_slice(&src[y * src_stride..y * src_stride + bytes]);
             }
         }
-        match running.format {
+        match frame.format() {
             PixelFormat::Rgb => draw_rgb(&mut data, w, h, info.stride()[0] as usize, dets),
             PixelFormat::I420 => {
                 let (o, s) = (info.offset(), info.stride());
