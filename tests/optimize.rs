@@ -143,8 +143,9 @@ fn keep_accuracy_finds_the_sensitive_layers() {
     // Plain INT8 gives 0.979 here, so something must have gone back to float, but not much.
     assert!(!excluded.is_empty() && excluded.len() <= 30, "{excluded:?}");
     let sens = a["sensitivity"].as_array().unwrap();
-    // 52 Conv, 33 Relu, 45 Add.
-    assert_eq!(sens.len(), 130, "one figure per computing node");
+    // 52 Conv and 45 Add. The 33 Relus of the PReLUs share their input with an Abs, so there
+    // is no quantized op to fold them into: they run in float and are no candidates.
+    assert_eq!(sens.len(), 97, "one figure per computing node");
     // The layers kept in float are the ones that hurt most alone.
     let mut by_fid: Vec<(f64, String)> = sens
         .iter()

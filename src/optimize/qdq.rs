@@ -40,6 +40,8 @@ const ACTIVATION: &[&str] = &[
     "Resize",
     "Pad",
 ];
+/// Activations that fold into the quantized op before them.
+const FUSED_ACTIVATION: &[&str] = &["Relu", "Clip"];
 /// Data movement: the output takes the input's quantization parameters.
 const SHARES_INPUT_RANGE: &[&str] = &[
     "Reshape",
@@ -245,7 +247,8 @@ pub fn calibration_tensors(model: &Model) -> Vec<String> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for (i, n) in g.node.iter().enumerate() {
-        if !quantizable(n.op_type()) && !silu.contains(&i) {
+        // Every Mul too: a product of two int8 tensors can run as QLinearMul.
+        if !quantizable(n.op_type()) && !silu.contains(&i) && n.op_type() != "Mul" {
             continue;
         }
         let mut names: Vec<&str> = data_inputs(n, &inits)
@@ -304,6 +307,114 @@ fn qparams(r: &Range, act: ActivationType) -> QParams {
             zero_point: 0,
         },
     }
+}
+
+/// The tensor behind `t` when it is a constant: an initializer or a Constant node's value.
+fn constant_tensor<'g>(
+    g: &'g pb::GraphProto,
+    producer: &HashMap<&str, usize>,
+    t: &str,
+) -> Option<&'g pb::TensorProto> {
+    g.initializer.iter().find(|x| x.name() == t).or_else(|| {
+        let n = &g.node[*producer.get(t)?];
+        if n.op_type() != "Constant" {
+            return None;
+        }
+        n.attribute.iter().find(|a| a.name() == "value")?.t.as_ref()
+    })
+}
+
+/// The value of a one-element float constant.
+fn scalar_constant(g: &pb::GraphProto, producer: &HashMap<&str, usize>, t: &str) -> Option<f32> {
+    match onnx::tensor_f32(constant_tensor(g, producer, t)?)?.as_slice() {
+        [v] => Some(*v),
+        _ => None,
+    }
+}
+
+/// A one-element constant as int8/uint8 behind a DequantizeLinear that gives it back exactly
+/// (value ±1 at scale |c|), so that `x + c` fuses into QLinearAdd. Returns the DQ's output.
+fn quantized_constant(
+    name: &str,
+    c: f32,
+    dims: &[i64],
+    zp_type: DataType,
+    new_inits: &mut Vec<pb::TensorProto>,
+    new_nodes: &mut Vec<pb::NodeProto>,
+) -> String {
+    let scale = if c == 0.0 { 1.0 } else { c.abs() };
+    let (s, z, q, dq) = (
+        format!("{name}__cscale"),
+        format!("{name}__czp"),
+        format!("{name}__cq"),
+        format!("{name}__cdq"),
+    );
+    new_inits.push(onnx::tensor_from_f32(&s, &[], &[scale]));
+    match zp_type {
+        // uint8 has no -1: a negative value is 0 with zero point 1.
+        DataType::Uint8 => {
+            let (v, zp) = match c {
+                c if c > 0.0 => (1, 0),
+                c if c < 0.0 => (0, 1),
+                _ => (0, 0),
+            };
+            new_inits.push(onnx::tensor_from_u8(&q, dims, &[v]));
+            new_inits.push(onnx::tensor_from_u8(&z, &[], &[zp]));
+        }
+        _ => {
+            new_inits.push(onnx::tensor_from_i8(&q, dims, &[c.signum() as i8]));
+            new_inits.push(onnx::tensor_from_i8(&z, &[], &[0]));
+        }
+    }
+    new_nodes.push(onnx::node(
+        "DequantizeLinear",
+        &format!("{name}__CDQ"),
+        &[&q, &s, &z],
+        &[&dq],
+        vec![],
+    ));
+    dq
+}
+
+/// A Clip's constant bounds (attributes before opset 11, inputs after).
+fn clip_bounds(g: &pb::GraphProto, n: &pb::NodeProto) -> (f32, f32) {
+    let scalar = |name: &str| -> Option<f32> {
+        let t = g.initializer.iter().find(|t| t.name() == name)?;
+        onnx::tensor_f32(t)?.first().copied()
+    };
+    let attr = |a: &str| n.attribute.iter().find(|x| x.name() == a).and_then(|x| x.f);
+    let lo = n
+        .input
+        .get(1)
+        .filter(|s| !s.is_empty())
+        .and_then(|s| scalar(s))
+        .or_else(|| attr("min"))
+        .unwrap_or(f32::NEG_INFINITY);
+    let hi = n
+        .input
+        .get(2)
+        .filter(|s| !s.is_empty())
+        .and_then(|s| scalar(s))
+        .or_else(|| attr("max"))
+        .unwrap_or(f32::INFINITY);
+    (lo, hi)
+}
+
+/// A fused Clip's parameters: the calibrated range kept inside the clip bounds, with the
+/// scale rounded down until `255 * scale` (as ONNX Runtime computes it in f32) does not pass
+/// the upper bound, so that the runtime sees the Clip as redundant and drops it.
+fn clip_qparams(r: &Range, (lo, hi): (f32, f32), act: ActivationType) -> QParams {
+    let clamped = Range {
+        lo: r.lo.max(lo),
+        hi: r.hi.min(hi),
+    };
+    let mut q = qparams(&clamped, act);
+    if act == ActivationType::U8Asymmetric && lo == 0.0 && q.zero_point == 0 {
+        while q.scale * 255.0 > hi && q.scale > f32::MIN_POSITIVE {
+            q.scale = f32::from_bits(q.scale.to_bits() - 1);
+        }
+    }
+    q
 }
 
 /// Quantizes `model`. `ranges` holds the calibrated range of each tensor named by
@@ -379,6 +490,111 @@ pub fn quantize(
         })
         .collect();
 
+    let producer: HashMap<&str, usize> = g
+        .node
+        .iter()
+        .enumerate()
+        .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
+        .collect();
+    let mut consumers: HashMap<&str, usize> = HashMap::new();
+    for n in &g.node {
+        for i in &n.input {
+            *consumers.entry(i.as_str()).or_default() += 1;
+        }
+    }
+    let constant = |t: &str| {
+        inits.contains(t)
+            || producer
+                .get(t)
+                .is_some_and(|&p| g.node[p].op_type() == "Constant")
+    };
+    let graph_outputs: HashSet<&str> = g.output.iter().map(|o| o.name()).collect();
+    // One forward pass (the graph is topologically sorted) decides what the quantized neighbours
+    // of each node allow: `q_avail` holds the tensors that will carry a Q/DQ pair.
+    let mut active = active;
+    let mut fused: HashSet<&str> = HashSet::new();
+    let mut folded: HashMap<usize, f32> = HashMap::new();
+    let mut q_avail: HashSet<&str> = g
+        .input
+        .iter()
+        .map(|v| v.name())
+        .filter(|t| ranges.contains_key(*t))
+        .collect();
+    let cpu = act == ActivationType::U8Asymmetric;
+    for (i, n) in g.node.iter().enumerate() {
+        let op = n.op_type();
+        let other_of_scalar = || -> Option<(&str, f32)> {
+            if n.input.len() != 2 {
+                return None;
+            }
+            let c = (0..2).find_map(|k| Some((k, scalar_constant(g, &producer, &n.input[k])?)))?;
+            Some((n.input[1 - c.0].as_str(), c.1))
+        };
+        match op {
+            // `x + c`: int8 on the CPU (QLinearAdd with a quantized constant) when x already is;
+            // otherwise float, for runtimes fuse only Adds whose inputs are both quantized and
+            // TensorRT folds such constants into the layer before.
+            "Add" if n.input.iter().any(|t| constant(t)) => {
+                active[i] &= cpu && other_of_scalar().is_some_and(|(x, _)| q_avail.contains(x));
+            }
+            // `x * c` with c > 0 costs nothing in int8: it is the same integers read with scale
+            // `s * c` (hard-swish's x/6). A product of two quantized tensors (hard-swish, a
+            // squeeze-excite gate) becomes QLinearMul, so that no dequantize-requantize pass
+            // surrounds it. Both only on the CPU, and only where the inputs already are int8.
+            "Mul" if cpu && !silu.contains(&i) && !exclude.excludes(n) => {
+                if let Some((x, c)) = other_of_scalar() {
+                    if c > 0.0 && c.is_finite() && q_avail.contains(x) {
+                        folded.insert(i, c);
+                    }
+                } else if n.input.len() == 2
+                    && n.input
+                        .iter()
+                        .all(|t| !constant(t) && q_avail.contains(t.as_str()))
+                {
+                    active[i] = true;
+                }
+            }
+            // A gate, `x * sigmoid(g)` (squeeze-excite), runs as QLinearSigmoid and QLinearMul
+            // when g is int8 already. A Sigmoid read by anything else (a detector's scores)
+            // stays float: 256 levels over [0, 1] would blur the ranking.
+            "Sigmoid"
+                if cpu
+                    && !silu.contains(&i)
+                    && !exclude.excludes(n)
+                    && q_avail.contains(n.input[0].as_str())
+                    && g.node.iter().all(|m| {
+                        !m.input.contains(&n.output[0])
+                            || (m.op_type() == "Mul" && !m.input.iter().any(|t| constant(t)))
+                    }) =>
+            {
+                active[i] = true;
+            }
+            // Relu and Clip after a quantized op (not data movement) that feeds only them: their
+            // output's QuantizeLinear becomes the producer's, and the runtime drops them (ONNX
+            // Runtime removes a Relu or Clip whose Q range already lies inside it; TensorRT
+            // fuses them). Without this the producer's own Q/DQ pair would requantize every such
+            // tensor once more. Elsewhere (after float arithmetic) they stay float.
+            _ if FUSED_ACTIVATION.contains(&op) && active[i] => {
+                let t = n.input[0].as_str();
+                let fusable = producer.get(t).is_some_and(|&p| {
+                    active[p] && !SHARES_INPUT_RANGE.contains(&g.node[p].op_type())
+                }) && consumers.get(t) == Some(&1)
+                    && !graph_outputs.contains(t);
+                if fusable {
+                    fused.insert(t);
+                } else {
+                    active[i] = false;
+                }
+            }
+            _ => {}
+        }
+        if let Some(o) = n.output.first() {
+            if (active[i] && ranges.contains_key(o)) || folded.contains_key(&i) {
+                q_avail.insert(o.as_str());
+            }
+        }
+    }
+
     // Tensors that reach a graph output through data movement alone. A detector's or
     // embedder's head ends there: 256 levels over its whole output range cost more accuracy
     // than anything else, and with no Q after it no runtime fuses that layer anyway.
@@ -395,13 +611,27 @@ pub fn quantize(
     // quantized only where their input already is: they compute nothing worth int8.
     let mut tq: HashMap<String, QParams> = HashMap::new();
     let calibrated = |t: &str| ranges.get(t).map(|r| qparams(r, act));
-    for (n, &on) in g.node.iter().zip(&active) {
+    for (i, (n, &on)) in g.node.iter().zip(&active).enumerate() {
+        if let Some(&c) = folded.get(&i) {
+            let x = n.input.iter().find(|t| !constant(t));
+            if let Some(q) = x.and_then(|x| tq.get(x)) {
+                let q = QParams {
+                    scale: q.scale * c,
+                    zero_point: q.zero_point,
+                };
+                tq.insert(n.output[0].clone(), q);
+            }
+            continue;
+        }
         if !on {
             continue;
         }
         let moves = SHARES_INPUT_RANGE.contains(&n.op_type());
         if !moves {
             for i in data_inputs(n, &inits) {
+                if fused.contains(n.input[i].as_str()) || constant(&n.input[i]) {
+                    continue;
+                }
                 let t = &n.input[i];
                 if !tq.contains_key(t) {
                     if let Some(q) = calibrated(t) {
@@ -411,7 +641,7 @@ pub fn quantize(
             }
         }
         let Some(o) = n.output.first() else { continue };
-        if feeds_output.contains(o.as_str()) {
+        if feeds_output.contains(o.as_str()) || fused.contains(o.as_str()) {
             continue;
         }
         let q = if moves {
@@ -419,6 +649,10 @@ pub fn quantize(
                 scale: q.scale,
                 zero_point: q.zero_point,
             })
+        } else if n.op_type() == "Clip" {
+            ranges
+                .get(o)
+                .map(|r| clip_qparams(r, clip_bounds(g, n), act))
         } else {
             calibrated(o)
         };
@@ -463,8 +697,53 @@ pub fn quantize(
         .iter()
         .map(|(n, _)| n.clone())
         .collect();
-    for (n, &on) in g.node.iter().zip(&active) {
+    for (i, (n, &on)) in g.node.iter().zip(&active).enumerate() {
+        // `x * c` read from x's integers at scale `s * c`. The float node stays only where
+        // something reads its float output (a graph output, an excluded layer).
+        if folded.contains_key(&i) {
+            let o = &n.output[0];
+            let x = n.input.iter().find(|t| !constant(t));
+            if let (Some(x), Some(q)) = (x, tq.get(o)) {
+                if emitted.contains(x.as_str()) {
+                    let s = format!("{o}__scale");
+                    new_inits.push(onnx::tensor_from_f32(&s, &[], &[q.scale]));
+                    new_nodes.push(onnx::node(
+                        "DequantizeLinear",
+                        &format!("{o}__DQ"),
+                        &[&format!("{x}__q"), &s, &format!("{x}__zp")],
+                        &[&dq_name(o)],
+                        vec![],
+                    ));
+                    emitted.insert(o.clone());
+                    let read_in_float = graph_outputs.contains(o.as_str())
+                        || g.node
+                            .iter()
+                            .any(|m| exclude.excludes(m) && m.input.contains(o));
+                    if !read_in_float {
+                        continue;
+                    }
+                }
+            }
+        }
         let mut node = n.clone();
+        if on && n.op_type() == "Add" {
+            for k in 0..node.input.len() {
+                let t = n.input[k].as_str();
+                if let (Some(c), Some(ct)) = (
+                    scalar_constant(g, &producer, t),
+                    constant_tensor(g, &producer, t),
+                ) {
+                    node.input[k] = quantized_constant(
+                        &format!("{t}__{}", node_label(n)),
+                        c,
+                        &ct.dims,
+                        zp_type,
+                        &mut new_inits,
+                        &mut new_nodes,
+                    );
+                }
+            }
+        }
         // Every consumer but an excluded layer reads the dequantized copy: ONNX Runtime fuses a
         // quantized op only when its output feeds nothing but its QuantizeLinear.
         if !exclude.excludes(n) {
@@ -761,8 +1040,7 @@ fn quantize_weights(
 mod tests {
     use super::*;
 
-    /// SiLU's Sigmoid and Mul run in int8; a Mul by a constant (a PReLU slope, a scale) stays
-    /// float.
+    /// SiLU's Sigmoid and Mul run in int8; a Mul by a negative constant stays float.
     #[test]
     fn silu_is_quantized_other_muls_are_not() {
         let w = |name: &str, dims: &[i64]| {
@@ -827,5 +1105,126 @@ mod tests {
         assert!(quantized_out("s") && quantized_out("m"), "SiLU in int8");
         assert!(!rep.quantized_compute.contains(&"scale".to_string()));
         assert!(rep.quantized_compute.contains(&"silu".to_string()));
+    }
+
+    fn model_of(node: Vec<pb::NodeProto>, initializer: Vec<pb::TensorProto>) -> Model {
+        Model {
+            proto: pb::ModelProto {
+                opset_import: vec![pb::OperatorSetIdProto {
+                    domain: Some(String::new()),
+                    version: Some(13),
+                }],
+                graph: Some(pb::GraphProto {
+                    node,
+                    initializer,
+                    input: vec![onnx::value_info("x", DataType::Float)],
+                    output: vec![onnx::value_info("out", DataType::Float)],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            path: "block.onnx".into(),
+        }
+    }
+
+    /// A MobileNetV3 block: Conv, hard-swish written as TF exports it (`x/6 * relu6(x + 3)`),
+    /// then Conv + Relu. On the CPU every step must stay int8, which is what makes the graph
+    /// faster at all: no float op may sit between a DequantizeLinear and a QuantizeLinear.
+    #[test]
+    fn hard_swish_and_fused_activations_stay_int8() {
+        let w = |name: &str, dims: &[i64]| {
+            let n: i64 = dims.iter().product();
+            onnx::tensor_from_f32(
+                name,
+                dims,
+                &(0..n)
+                    .map(|i| (i % 5) as f32 * 0.1 - 0.2)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let scalar = |name: &str, v: f32| onnx::tensor_from_f32(name, &[], &[v]);
+        let model = model_of(
+            vec![
+                onnx::node("Conv", "c1", &["x", "w1"], &["a"], vec![]),
+                onnx::node("Mul", "sixth", &["k6", "a"], &["m"], vec![]),
+                onnx::node("Add", "plus3", &["a", "k3"], &["b"], vec![]),
+                onnx::node("Clip", "relu6", &["b", "lo", "hi"], &["r"], vec![]),
+                onnx::node("Mul", "hswish", &["m", "r"], &["y"], vec![]),
+                onnx::node("Conv", "c2", &["y", "w2"], &["z"], vec![]),
+                onnx::node("Relu", "relu", &["z"], &["zr"], vec![]),
+                onnx::node("Conv", "c3", &["zr", "w3"], &["out"], vec![]),
+            ],
+            vec![
+                w("w1", &[4, 3, 1, 1]),
+                w("w2", &[4, 4, 1, 1]),
+                w("w3", &[2, 4, 1, 1]),
+                scalar("k6", 1.0 / 6.0),
+                onnx::tensor_from_f32("k3", &[1, 1, 1, 1], &[3.0]),
+                scalar("lo", 0.0),
+                scalar("hi", 6.0),
+            ],
+        );
+        let tensors = calibration_tensors(&model);
+        let range = |t: &str| match t {
+            "r" => Range { lo: 0.0, hi: 6.0 },
+            "zr" => Range { lo: 0.0, hi: 2.0 },
+            _ => Range { lo: -2.0, hi: 4.0 },
+        };
+        let ranges: HashMap<String, Range> =
+            tensors.iter().map(|t| (t.clone(), range(t))).collect();
+        let cpu = |act| quantize(&model, &ranges, act, &Exclusions::default()).unwrap();
+
+        let (q, _) = cpu(ActivationType::U8Asymmetric);
+        let g = q.graph();
+        let made_by = |t: &str| g.node.iter().find(|n| n.output.iter().any(|o| o == t));
+        let op_of = |t: &str| {
+            made_by(t)
+                .map(|n| n.op_type().to_string())
+                .unwrap_or_default()
+        };
+        for n in &g.node {
+            let op = n.op_type();
+            if ["Conv", "Add", "Mul"].contains(&op) {
+                // Every input comes from a DequantizeLinear (weights and the constant 3
+                // included), so the runtime can swap in QLinear* kernels.
+                for i in &n.input {
+                    let from = op_of(i);
+                    assert_eq!(from, "DequantizeLinear", "{} reads {i}", n.name());
+                }
+            }
+            if ["Clip", "Relu"].contains(&op) {
+                // Fused: straight from the op before, no requantization between.
+                let from = op_of(&n.input[0]);
+                assert!(from == "Add" || from == "Conv", "{} reads {from}", n.name());
+            }
+        }
+        assert!(
+            !g.node.iter().any(|n| n.name() == "sixth"),
+            "x/6 is a scale, not a node"
+        );
+        let dq6 = made_by("m__dq").expect("x/6 read from x's integers");
+        assert_eq!(dq6.input[0], "a__q");
+        let scale = |name: &str| {
+            onnx::tensor_f32(g.initializer.iter().find(|t| t.name() == name).unwrap()).unwrap()[0]
+        };
+        assert!((scale(&dq6.input[1]) - scale("a__scale") / 6.0).abs() < 1e-9);
+        // relu6's Q must lie inside [0, 6] as the runtime computes it, or it keeps the Clip.
+        assert!(scale("r__scale") * 255.0 <= 6.0);
+        // The convolution before a Relu is not requantized: the Relu's Q is its output's.
+        assert!(!g
+            .node
+            .iter()
+            .any(|n| n.op_type() == "QuantizeLinear" && n.input[0] == "z"));
+        assert!(g
+            .node
+            .iter()
+            .any(|n| n.op_type() == "QuantizeLinear" && n.input[0] == "zr"));
+
+        // TensorRT fuses hard-swish itself: the constant Add and the x/6 stay float there.
+        let (t, _) = cpu(ActivationType::I8Symmetric);
+        let t = t.graph();
+        assert!(t.node.iter().any(|n| n.name() == "sixth"));
+        let add = t.node.iter().find(|n| n.name() == "plus3").unwrap();
+        assert!(add.input.contains(&"k3".to_string()));
     }
 }
