@@ -78,11 +78,9 @@ alternate() {
   done < <(find "$1" -maxdepth 1 -type f -name '*.jpg' -printf '%f\n' | LC_ALL=C sort)
 }
 
-if [ ! -d "$C/faces" ] || [ ! -d "$C/heldout/faces" ] \
-  || [ ! -d "$C/face-chips" ] || [ ! -d "$C/heldout/face-chips" ]; then
-  log "fetching face images"
-  # The .deb only, not installed: `apt-get download` needs no root. It needs the package lists;
-  # refresh them once if the pinned version is not found.
+# The .deb only, not installed: `apt-get download` needs no root. It needs the package lists;
+# refresh them once if the pinned version is not found.
+fetch_dlib_deb() {
   if [ ! -f "$DL/$DLIB_DEB" ]; then
     if ! (cd "$DL" && apt-get download -qq "libdlib19.1=19.24+dfsg-1" 2>/dev/null); then
       SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -91,6 +89,12 @@ if [ ! -d "$C/faces" ] || [ ! -d "$C/heldout/faces" ] \
     fi
   fi
   verify "$DL/$DLIB_DEB" "$DLIB_SHA"
+}
+
+if [ ! -d "$C/faces" ] || [ ! -d "$C/heldout/faces" ] \
+  || [ ! -d "$C/face-chips" ] || [ ! -d "$C/heldout/face-chips" ]; then
+  log "fetching face images"
+  fetch_dlib_deb
   pip_download face-recognition==1.3.0 "$FACEREC_SDIST" "$FACEREC_SHA" --no-binary :all:
   [ -f "$MESSI" ] || { echo "setup: $MESSI missing: install the Debian package opencv-doc" >&2; exit 1; }
 
@@ -128,4 +132,19 @@ if [ ! -d "$C/faces" ] || [ ! -d "$C/heldout/faces" ] \
   publish "$tmp/heldout-faces" heldout/faces
   publish "$tmp/face-chips" face-chips
   publish "$tmp/heldout-face-chips" heldout/face-chips
+fi
+
+# --- Labels: dlib's hand-drawn face boxes for its photos above -------------------------------
+# labels/dlib-faces-{training,testing}.xml (examples/faces of the same .deb; imglab format,
+# <box top left width height> per face), for the face detector's recall test.
+if [ ! -f "$C/labels/dlib-faces-training.xml" ] || [ ! -f "$C/labels/dlib-faces-testing.xml" ]; then
+  log "fetching face labels"
+  fetch_dlib_deb
+  stage; tmp=$STAGE
+  mkdir -p "$tmp/deb" "$tmp/labels"
+  dpkg-deb -x "$DL/$DLIB_DEB" "$tmp/deb"
+  for f in training testing; do
+    mv "$tmp/deb/usr/share/doc/libdlib19.1/examples/faces/$f.xml" "$tmp/labels/dlib-faces-$f.xml"
+  done
+  publish "$tmp/labels" labels
 fi

@@ -32,7 +32,10 @@ pub enum Family {
 
 impl Family {
     pub fn is_detector(self) -> bool {
-        matches!(self, Family::Ssd | Family::Yolov8 | Family::Centernet)
+        matches!(
+            self,
+            Family::Ssd | Family::Yolov8 | Family::Centernet | Family::Blazeface
+        )
     }
 }
 

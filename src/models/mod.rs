@@ -2,6 +2,7 @@
 //! or streams. A [`Manifest`] in `models/` names the file, the family, the labels and the
 //! thresholds; [`build_detector`] checks a model's inputs and outputs against its family.
 
+pub mod blazeface;
 pub mod centernet;
 pub mod labels;
 pub mod manifest;
@@ -111,12 +112,11 @@ pub fn build_detector(m: &Manifest, io: &ModelIo) -> Result<Box<dyn Detector>, M
         Family::Ssd => Box::new(ssd::Ssd::new(m, io, labels)?),
         Family::Yolov8 => Box::new(yolov8::Yolov8::new(m, io, labels)?),
         Family::Centernet => Box::new(centernet::CenterNet::new(m, io, labels)?),
-        f @ (Family::Blazeface | Family::Embedder) => {
+        Family::Blazeface => Box::new(blazeface::BlazeFace::new(m, io, labels)?),
+        Family::Embedder => {
             return Err(ModelError::Io {
                 model: m.file.display().to_string(),
-                reason: format!(
-                    "the {f:?} family has no detection decoding in `run` yet (it can be optimized)"
-                ),
+                reason: "an embedder gives no detections for `run` (it can be optimized)".into(),
             })
         }
     })

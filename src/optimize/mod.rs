@@ -26,7 +26,7 @@ use crate::engine::{Engine, EngineConfig, EngineError, Provider};
 use crate::models::{preprocess_spec, Manifest, ModelError};
 use crate::onnx::{Model, OnnxError};
 use crate::stats::Percentiles;
-use crate::tensor::Tensor;
+use crate::tensor::{Output, Tensor};
 use calibrator::{Method, Range, TensorStats};
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +127,13 @@ pub struct Outcome {
     pub out: PathBuf,
     pub artifact: artifact::Artifact,
 }
+
+/// Calibration images the accuracy search judges the mixed-precision candidates on.
+const SEARCH_IMAGES: usize = 40;
+/// The first of those, for the one-layer-at-a-time sensitivity runs (one per node).
+const SENSITIVITY_IMAGES: usize = 8;
+/// The most sensitive layers the search tries putting back in float.
+const MAX_SEARCH_TRIALS: usize = 60;
 
 /// Which precisions a target can run.
 pub fn check_target(precision: Precision, target: Target) -> Result<(), OptimizeError> {
@@ -234,21 +241,30 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
             let mut exclude = spec.exclude.clone();
             let (mut q, mut rep) = qdq::quantize(&src, &ranges, act, &exclude)?;
             if let Some(target_fid) = spec.keep_accuracy {
-                let probe: Vec<Tensor> = held.iter().take(8).cloned().collect();
-                let fp32_out = fidelity::outputs_of(&mut fp32, &probe)?;
-                let score = |m: &Model, tag: &str| -> Result<f64, OptimizeError> {
+                // The search judges on calibration images, never on the held-out frames the
+                // report measures: a choice made on those frames would flatter its own figure.
+                let (search, _) = calibrate::tensors(&set, &pre, &|d, t| {
+                    progress("decoding search images", d, t)
+                })?;
+                let search: Vec<Tensor> = search.into_iter().take(SEARCH_IMAGES).collect();
+                let probe: Vec<Tensor> = search.iter().take(SENSITIVITY_IMAGES).cloned().collect();
+                let fp32_probe = fidelity::outputs_of(&mut fp32, &probe)?;
+                let fp32_search = fidelity::outputs_of(&mut fp32, &search)?;
+                let score = |m: &Model, tag: &str, inputs: &[Tensor], reference: &[Vec<Output>]| {
                     let p = scratch.path().join(format!("{tag}.onnx"));
                     m.save(&p)?;
                     let mut e = Engine::load(&p, &cpu)?;
-                    let out = fidelity::outputs_of(&mut e, &probe)?;
-                    Ok(fidelity::compare(
-                        &fp32_out,
-                        &out,
-                        spec.manifest.family,
-                        &spec.manifest,
-                        fp32.io(),
-                    )?
-                    .score())
+                    let out = fidelity::outputs_of(&mut e, inputs)?;
+                    Ok::<f64, OptimizeError>(
+                        fidelity::compare(
+                            reference,
+                            &out,
+                            spec.manifest.family,
+                            &spec.manifest,
+                            fp32.io(),
+                        )?
+                        .score(),
+                    )
                 };
                 // Sensitivity: each computing node (weighted layers, adds, activations)
                 // quantized on its own. Weighted layers alone are not enough: the activations'
@@ -262,21 +278,29 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                     let (m, _) = qdq::quantize(&src, &ranges, act, &only)?;
                     sensitivity.push(LayerSensitivity {
                         layer: layer.clone(),
-                        fidelity: score(&m, "probe")?,
+                        fidelity: score(&m, "probe", &probe, &fp32_probe)?,
                     });
                     progress("layer sensitivity", i as u64 + 1, layers.len() as u64);
                 }
                 let mut order: Vec<&LayerSensitivity> = sensitivity.iter().collect();
                 order.sort_by(|a, b| a.fidelity.total_cmp(&b.fidelity));
-                let mut fid = score(&q, "mixed")?;
-                for s in order {
+                let mut fid = score(&q, "mixed", &search, &fp32_search)?;
+                // Greedy, most sensitive first, and a layer goes back to float only if that
+                // helps the whole model: errors of neighbouring layers partly cancel, so a
+                // layer that hurts alone need not hurt in company.
+                for (i, s) in order.iter().take(MAX_SEARCH_TRIALS).enumerate() {
                     if fid >= target_fid {
                         break;
                     }
-                    exclude.names.insert(s.layer.clone());
-                    (q, rep) = qdq::quantize(&src, &ranges, act, &exclude)?;
-                    fid = score(&q, "mixed")?;
-                    tracing::info!(layer = %s.layer, fidelity = fid, "kept in float");
+                    let mut trial = exclude.clone();
+                    trial.names.insert(s.layer.clone());
+                    let (tq, trep) = qdq::quantize(&src, &ranges, act, &trial)?;
+                    let tfid = score(&tq, "mixed", &search, &fp32_search)?;
+                    progress("mixed precision", i as u64 + 1, MAX_SEARCH_TRIALS as u64);
+                    if tfid > fid {
+                        tracing::info!(layer = %s.layer, fidelity = tfid, "kept in float");
+                        (exclude, q, rep, fid) = (trial, tq, trep, tfid);
+                    }
                 }
                 if fid < target_fid {
                     tracing::warn!(
