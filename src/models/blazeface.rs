@@ -79,7 +79,6 @@ impl BlazeFace {
         let anchors = anchors(square, HEADS);
         // The heads are told apart by their anchor counts, not by the exporter's names.
         let mut heads = Vec::new();
-        let mut start = 0;
         for &(stride, per_cell) in HEADS {
             let n = (square.div_ceil(stride) as usize).pow(2) * per_cell;
             let find = |last: usize| {
@@ -104,9 +103,7 @@ impl BlazeFace {
                     )))
                 }
             }
-            start += n;
         }
-        debug_assert_eq!(start, anchors.len());
         Ok(Self {
             c: DetectorCommon {
                 spec: PreprocessSpec {

@@ -220,8 +220,9 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                 &pre,
                 &qdq::calibration_tensors(&src),
             );
-            let (stats, skipped, cached) = match calibrate::load_cached(&key) {
-                Some(s) => (s, 0, true),
+            // The decoded images are kept for the accuracy search, when they were decoded.
+            let (stats, skipped, cached, decoded) = match calibrate::load_cached(&key) {
+                Some(s) => (s, 0, true, None),
                 None => {
                     let (inputs, bad) = calibrate::tensors(&set, &pre, &|d, t| {
                         progress("decoding calibration images", d, t)
@@ -230,7 +231,7 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                         progress("calibrating", d, t)
                     })?;
                     calibrate::store_cached(&key, &s);
-                    (s, bad.len(), false)
+                    (s, bad.len(), false, Some(inputs))
                 }
             };
             let ranges = ranges_of(&stats, spec.method);
@@ -243,9 +244,15 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
             if let Some(target_fid) = spec.keep_accuracy {
                 // The search judges on calibration images, never on the held-out frames the
                 // report measures: a choice made on those frames would flatter its own figure.
-                let (search, _) = calibrate::tensors(&set, &pre, &|d, t| {
-                    progress("decoding search images", d, t)
-                })?;
+                let search = match decoded {
+                    Some(inputs) => inputs,
+                    None => {
+                        calibrate::tensors(&set, &pre, &|d, t| {
+                            progress("decoding search images", d, t)
+                        })?
+                        .0
+                    }
+                };
                 let search: Vec<Tensor> = search.into_iter().take(SEARCH_IMAGES).collect();
                 let probe: Vec<Tensor> = search.iter().take(SENSITIVITY_IMAGES).cloned().collect();
                 let fp32_probe = fidelity::outputs_of(&mut fp32, &probe)?;

@@ -189,12 +189,7 @@ fn quantizable(op: &str) -> bool {
 /// (PReLU slopes, hard-swish, squeeze-excite gates) lost accuracy in int8 and gained nothing,
 /// so only this pattern is quantized.
 fn silu_nodes(g: &pb::GraphProto) -> HashSet<usize> {
-    let producer: HashMap<&str, usize> = g
-        .node
-        .iter()
-        .enumerate()
-        .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
-        .collect();
+    let producer = producers(g);
     let mut out = HashSet::new();
     for (i, n) in g.node.iter().enumerate() {
         if n.op_type() != "Mul" || n.input.len() != 2 {
@@ -211,6 +206,15 @@ fn silu_nodes(g: &pb::GraphProto) -> HashSet<usize> {
         }
     }
     out
+}
+
+/// The node that writes each tensor.
+fn producers(g: &pb::GraphProto) -> HashMap<&str, usize> {
+    g.node
+        .iter()
+        .enumerate()
+        .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
+        .collect()
 }
 
 /// Input positions that carry activations (not shapes, axes, scales or weights).
@@ -324,12 +328,17 @@ fn constant_tensor<'g>(
     })
 }
 
-/// The value of a one-element float constant.
-fn scalar_constant(g: &pb::GraphProto, producer: &HashMap<&str, usize>, t: &str) -> Option<f32> {
-    match onnx::tensor_f32(constant_tensor(g, producer, t)?)?.as_slice() {
+/// The value of a one-element float tensor.
+fn scalar_of(t: &pb::TensorProto) -> Option<f32> {
+    match onnx::tensor_f32(t)?.as_slice() {
         [v] => Some(*v),
         _ => None,
     }
+}
+
+/// The value of a one-element float constant.
+fn scalar_constant(g: &pb::GraphProto, producer: &HashMap<&str, usize>, t: &str) -> Option<f32> {
+    scalar_of(constant_tensor(g, producer, t)?)
 }
 
 /// A one-element constant as int8/uint8 behind a DequantizeLinear that gives it back exactly
@@ -377,11 +386,12 @@ fn quantized_constant(
 }
 
 /// A Clip's constant bounds (attributes before opset 11, inputs after).
-fn clip_bounds(g: &pb::GraphProto, n: &pb::NodeProto) -> (f32, f32) {
-    let scalar = |name: &str| -> Option<f32> {
-        let t = g.initializer.iter().find(|t| t.name() == name)?;
-        onnx::tensor_f32(t)?.first().copied()
-    };
+fn clip_bounds(
+    g: &pb::GraphProto,
+    producer: &HashMap<&str, usize>,
+    n: &pb::NodeProto,
+) -> (f32, f32) {
+    let scalar = |name: &str| scalar_constant(g, producer, name);
     let attr = |a: &str| n.attribute.iter().find(|x| x.name() == a).and_then(|x| x.f);
     let lo = n
         .input
@@ -490,12 +500,7 @@ pub fn quantize(
         })
         .collect();
 
-    let producer: HashMap<&str, usize> = g
-        .node
-        .iter()
-        .enumerate()
-        .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
-        .collect();
+    let producer = producers(g);
     let mut consumers: HashMap<&str, usize> = HashMap::new();
     for n in &g.node {
         for i in &n.input {
@@ -598,7 +603,7 @@ pub fn quantize(
     // Tensors that reach a graph output through data movement alone. A detector's or
     // embedder's head ends there: 256 levels over its whole output range cost more accuracy
     // than anything else, and with no Q after it no runtime fuses that layer anyway.
-    let mut feeds_output: HashSet<&str> = g.output.iter().map(|o| o.name()).collect();
+    let mut feeds_output = graph_outputs.clone();
     for n in g.node.iter().rev() {
         if SHARES_INPUT_RANGE.contains(&n.op_type())
             && n.output.iter().any(|o| feeds_output.contains(o.as_str()))
@@ -652,7 +657,7 @@ pub fn quantize(
         } else if n.op_type() == "Clip" {
             ranges
                 .get(o)
-                .map(|r| clip_qparams(r, clip_bounds(g, n), act))
+                .map(|r| clip_qparams(r, clip_bounds(g, &producer, n), act))
         } else {
             calibrated(o)
         };
@@ -729,10 +734,8 @@ pub fn quantize(
         if on && n.op_type() == "Add" {
             for k in 0..node.input.len() {
                 let t = n.input[k].as_str();
-                if let (Some(c), Some(ct)) = (
-                    scalar_constant(g, &producer, t),
-                    constant_tensor(g, &producer, t),
-                ) {
+                let ct = constant_tensor(g, &producer, t);
+                if let Some((c, ct)) = ct.and_then(|ct| Some((scalar_of(ct)?, ct))) {
                     node.input[k] = quantized_constant(
                         &format!("{t}__{}", node_label(n)),
                         c,
@@ -799,7 +802,7 @@ pub fn quantize(
     let mut all_inits: Vec<pb::TensorProto> = g
         .initializer
         .iter()
-        .filter(|t| used_inits.contains(t.name()) || graph_outputs_contains(g, t.name()))
+        .filter(|t| used_inits.contains(t.name()) || graph_outputs.contains(t.name()))
         .cloned()
         .collect();
     all_inits.extend(new_inits);
@@ -853,10 +856,6 @@ fn emit_qdq(
         &[&dq_name(t)],
         vec![],
     ));
-}
-
-fn graph_outputs_contains(g: &pb::GraphProto, name: &str) -> bool {
-    g.output.iter().any(|o| o.name() == name)
 }
 
 pub fn node_label(n: &pb::NodeProto) -> String {
@@ -1043,40 +1042,17 @@ mod tests {
     /// SiLU's Sigmoid and Mul run in int8; a Mul by a negative constant stays float.
     #[test]
     fn silu_is_quantized_other_muls_are_not() {
-        let w = |name: &str, dims: &[i64]| {
-            let n: i64 = dims.iter().product();
-            onnx::tensor_from_f32(
-                name,
-                dims,
-                &(0..n)
-                    .map(|i| (i % 7) as f32 * 0.1 - 0.3)
-                    .collect::<Vec<_>>(),
-            )
-        };
-        let graph = pb::GraphProto {
-            node: vec![
+        let w = weights;
+        let model = model_of(
+            vec![
                 onnx::node("Conv", "c1", &["x", "w1"], &["a"], vec![]),
                 onnx::node("Sigmoid", "sig", &["a"], &["s"], vec![]),
                 onnx::node("Mul", "silu", &["a", "s"], &["m"], vec![]),
                 onnx::node("Mul", "scale", &["m", "k"], &["m2"], vec![]),
-                onnx::node("Conv", "c2", &["m2", "w2"], &["y"], vec![]),
+                onnx::node("Conv", "c2", &["m2", "w2"], &["out"], vec![]),
             ],
-            initializer: vec![w("w1", &[4, 3, 1, 1]), w("w2", &[2, 4, 1, 1]), w("k", &[1])],
-            input: vec![onnx::value_info("x", DataType::Float)],
-            output: vec![onnx::value_info("y", DataType::Float)],
-            ..Default::default()
-        };
-        let model = Model {
-            proto: pb::ModelProto {
-                opset_import: vec![pb::OperatorSetIdProto {
-                    domain: Some(String::new()),
-                    version: Some(13),
-                }],
-                graph: Some(graph),
-                ..Default::default()
-            },
-            path: "silu.onnx".into(),
-        };
+            vec![w("w1", &[4, 3, 1, 1]), w("w2", &[2, 4, 1, 1]), w("k", &[1])],
+        );
         let tensors = calibration_tensors(&model);
         for t in ["x", "a", "s", "m", "m2"] {
             assert!(
@@ -1107,6 +1083,13 @@ mod tests {
         assert!(rep.quantized_compute.contains(&"silu".to_string()));
     }
 
+    /// Small weights in steps of 0.1 around 0 (-0.3 for a one-element tensor).
+    fn weights(name: &str, dims: &[i64]) -> pb::TensorProto {
+        let n: i64 = dims.iter().product();
+        let v: Vec<f32> = (0..n).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
+        onnx::tensor_from_f32(name, dims, &v)
+    }
+
     fn model_of(node: Vec<pb::NodeProto>, initializer: Vec<pb::TensorProto>) -> Model {
         Model {
             proto: pb::ModelProto {
@@ -1132,16 +1115,7 @@ mod tests {
     /// faster at all: no float op may sit between a DequantizeLinear and a QuantizeLinear.
     #[test]
     fn hard_swish_and_fused_activations_stay_int8() {
-        let w = |name: &str, dims: &[i64]| {
-            let n: i64 = dims.iter().product();
-            onnx::tensor_from_f32(
-                name,
-                dims,
-                &(0..n)
-                    .map(|i| (i % 5) as f32 * 0.1 - 0.2)
-                    .collect::<Vec<_>>(),
-            )
-        };
+        let w = weights;
         let scalar = |name: &str, v: f32| onnx::tensor_from_f32(name, &[], &[v]);
         let model = model_of(
             vec![
