@@ -161,6 +161,48 @@ pub fn tensors(
     Ok((out, bad))
 }
 
+/// What one calibration run measures.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Statistics {
+    /// The distribution of every calibration tensor, for its quantization range.
+    pub tensors: HashMap<String, TensorStats>,
+    /// The mean of each channel of every weighted layer's input, for bias correction: the
+    /// rounding error of a layer's int8 weights, times its input's mean, is a shift of its
+    /// output that the bias can take back.
+    pub channel_means: HashMap<String, Vec<f32>>,
+}
+
+/// Per-channel sums along `axis`, accumulated over runs.
+#[derive(Default)]
+struct ChannelSums {
+    sums: Vec<f64>,
+    per_channel: u64,
+}
+
+impl ChannelSums {
+    fn observe(&mut self, data: &ndarray::ArrayD<f32>, axis: usize) {
+        if axis >= data.ndim() {
+            return;
+        }
+        let ax = ndarray::Axis(axis);
+        if self.sums.is_empty() {
+            self.sums = vec![0.0; data.len_of(ax)];
+        }
+        if self.sums.len() != data.len_of(ax) {
+            return;
+        }
+        for (c, sub) in data.axis_iter(ax).enumerate() {
+            self.sums[c] += sub.iter().map(|&v| f64::from(v)).sum::<f64>();
+        }
+        self.per_channel += (data.len() / data.len_of(ax).max(1)) as u64;
+    }
+
+    fn means(&self) -> Vec<f32> {
+        let n = self.per_channel.max(1) as f64;
+        self.sums.iter().map(|s| (s / n) as f32).collect()
+    }
+}
+
 /// Statistics of every calibration tensor of `model` over `inputs`.
 pub fn collect(
     model: &Model,
@@ -168,15 +210,24 @@ pub fn collect(
     engine: &EngineConfig,
     scratch: &Path,
     progress: &dyn Fn(u64, u64),
-) -> Result<HashMap<String, TensorStats>, OptimizeError> {
+) -> Result<Statistics, OptimizeError> {
     let names = qdq::calibration_tensors(model);
-    let augmented = qdq::with_extra_outputs(model, &names);
+    let channel_axes: HashMap<String, usize> = qdq::bias_correction_inputs(model);
+    let mut extra = names.clone();
+    extra.extend(channel_axes.keys().filter(|t| !names.contains(t)).cloned());
+    let augmented = qdq::with_extra_outputs(model, &extra);
     let path = scratch.join("calibration-augmented.onnx");
     augmented.save(&path)?;
     let mut eng = Engine::load(&path, engine)?;
     let mut stats: HashMap<String, TensorStats> = HashMap::new();
+    let mut sums: HashMap<String, ChannelSums> = HashMap::new();
     for (i, t) in inputs.iter().enumerate() {
         for o in eng.run(t)? {
+            if let Some(&axis) = channel_axes.get(&o.name) {
+                sums.entry(o.name.clone())
+                    .or_default()
+                    .observe(&o.data, axis);
+            }
             if names.contains(&o.name) {
                 let v = o.data.as_slice_memory_order().map(<[f32]>::to_vec);
                 let v = v.unwrap_or_else(|| o.data.iter().copied().collect());
@@ -186,7 +237,10 @@ pub fn collect(
         progress(i as u64 + 1, inputs.len() as u64);
     }
     let _ = std::fs::remove_file(&path);
-    Ok(stats)
+    Ok(Statistics {
+        tensors: stats,
+        channel_means: sums.into_iter().map(|(k, s)| (k, s.means())).collect(),
+    })
 }
 
 /// Where cached statistics live: `$EDGESIGHT_CACHE`, else `$XDG_CACHE_HOME/edgesight`, else
@@ -202,7 +256,7 @@ pub fn cache_dir() -> PathBuf {
     base.join("edgesight")
 }
 
-const PIXELS_REVISION: u32 = 3;
+const PIXELS_REVISION: u32 = 4;
 
 /// Keyed by everything the statistics depend on, the set of tensors observed included: a
 /// quantizer that learns a new op needs statistics for tensors an older run did not collect.
@@ -222,19 +276,20 @@ pub fn cache_key(
     }
     h.update(env!("CARGO_PKG_VERSION"));
     // Bumped whenever decoding or preprocessing changes the pixels (2: I420 decode, OpenCV
-    // bilinear resize) or the statistics gain a field (3: exact zeros counted), which a
+    // bilinear resize) or the statistics gain a field (3: exact zeros counted; 4: channel
+    // means for bias correction), which a
     // version number in development does not track.
     h.update(PIXELS_REVISION.to_le_bytes());
     hex(&h.finalize())[..24].to_string()
 }
 
-pub fn load_cached(key: &str) -> Option<HashMap<String, TensorStats>> {
+pub fn load_cached(key: &str) -> Option<Statistics> {
     let p = cache_dir().join("calibration").join(format!("{key}.json"));
     let text = std::fs::read_to_string(p).ok()?;
     serde_json::from_str(&text).ok()
 }
 
-pub fn store_cached(key: &str, stats: &HashMap<String, TensorStats>) {
+pub fn store_cached(key: &str, stats: &Statistics) {
     let dir = cache_dir().join("calibration");
     let ok = std::fs::create_dir_all(&dir).is_ok()
         && serde_json::to_string(stats)

@@ -234,13 +234,14 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                     (s, bad.len(), false, Some(inputs))
                 }
             };
-            let ranges = ranges_of(&stats, spec.method);
+            let ranges = ranges_of(&stats.tensors, spec.method);
             let act = match spec.target {
                 Target::Cpu => qdq::ActivationType::U8Asymmetric,
                 Target::Tensorrt => qdq::ActivationType::I8Symmetric,
             };
             let mut exclude = spec.exclude.clone();
-            let (mut q, mut rep) = qdq::quantize(&src, &ranges, act, &exclude)?;
+            let (mut q, mut rep) =
+                qdq::quantize(&src, &ranges, &stats.channel_means, act, &exclude)?;
             if let Some(target_fid) = spec.keep_accuracy {
                 // The search judges on calibration images, never on the held-out frames the
                 // report measures: a choice made on those frames would flatter its own figure.
@@ -282,7 +283,7 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                     let mut only = exclude.clone();
                     only.names
                         .extend(all_nodes.iter().filter(|n| *n != layer).cloned());
-                    let (m, _) = qdq::quantize(&src, &ranges, act, &only)?;
+                    let (m, _) = qdq::quantize(&src, &ranges, &stats.channel_means, act, &only)?;
                     sensitivity.push(LayerSensitivity {
                         layer: layer.clone(),
                         fidelity: score(&m, "probe", &probe, &fp32_probe)?,
@@ -301,7 +302,8 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                     }
                     let mut trial = exclude.clone();
                     trial.names.insert(s.layer.clone());
-                    let (tq, trep) = qdq::quantize(&src, &ranges, act, &trial)?;
+                    let (tq, trep) =
+                        qdq::quantize(&src, &ranges, &stats.channel_means, act, &trial)?;
                     let tfid = score(&tq, "mixed", &search, &fp32_search)?;
                     progress("mixed precision", i as u64 + 1, MAX_SEARCH_TRIALS as u64);
                     if tfid > fid {

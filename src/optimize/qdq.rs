@@ -279,6 +279,86 @@ pub fn calibration_tensors(model: &Model) -> Vec<String> {
     out
 }
 
+/// The inputs of the layers whose bias can absorb their weights' rounding error, with the axis
+/// that holds their channels: Conv's NCHW input (axis 1) and Gemm's `[M, K]` one (axis 1, or
+/// 0 when transposed). MatMul has no bias to correct.
+pub fn bias_correction_inputs(model: &Model) -> HashMap<String, usize> {
+    let g = model.graph();
+    let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name()).collect();
+    g.node
+        .iter()
+        .filter(|n| {
+            matches!(n.op_type(), "Conv" | "Gemm")
+                && n.input.len() >= 2
+                && inits.contains(n.input[1].as_str())
+                && !inits.contains(n.input[0].as_str())
+        })
+        .map(|n| {
+            let axis = match n.op_type() {
+                "Gemm" if onnx::get_attr_int(n, "transA") == Some(1) => 0,
+                _ => 1,
+            };
+            (n.input[0].clone(), axis)
+        })
+        .collect()
+}
+
+/// The shift that int8 rounding adds to each output channel of a Conv or Gemm:
+/// `Σ (w_q − w) · mean(x_c)` over the weights of that channel, each times the mean of the input
+/// channel it multiplies. Subtracted from the bias, it leaves the layer's mean output as in FP32
+/// (Nagel et al., "Data-Free Quantization", 2019, bias correction). It matters most for
+/// BatchNorm-folded depthwise kernels: large weights that nearly cancel on a near-constant
+/// input, where rounding alone moved CenterNet's heatmap to a cosine of 0.97 with FP32.
+///
+/// `error` is `w_q − w` in the weight's own layout; `None` when `mean` does not fit it.
+pub fn rounding_shift(
+    op: &str,
+    error: &[f32],
+    dims: &[i64],
+    group: usize,
+    trans_b: bool,
+    mean: &[f32],
+) -> Option<Vec<f32>> {
+    let d: Vec<usize> = dims.iter().map(|&x| x as usize).collect();
+    match op {
+        "Conv" if d.len() >= 3 && group > 0 && d[0] % group == 0 => {
+            let (outs, cin) = (d[0], d[1]);
+            let k: usize = d[2..].iter().product();
+            if mean.len() != cin * group || error.len() != outs * cin * k {
+                return None;
+            }
+            let per_group = outs / group;
+            Some(
+                (0..outs)
+                    .map(|o| {
+                        let first = (o / per_group) * cin;
+                        (0..cin)
+                            .map(|ci| {
+                                let e: f32 = error[(o * cin + ci) * k..][..k].iter().sum();
+                                e * mean[first + ci]
+                            })
+                            .sum()
+                    })
+                    .collect(),
+            )
+        }
+        "Gemm" if d.len() == 2 => {
+            // transB: W is [N, K]; otherwise [K, N].
+            let (n, k) = if trans_b { (d[0], d[1]) } else { (d[1], d[0]) };
+            if mean.len() != k || error.len() != n * k {
+                return None;
+            }
+            let at = |o: usize, i: usize| if trans_b { o * k + i } else { i * n + o };
+            Some(
+                (0..n)
+                    .map(|o| (0..k).map(|i| error[at(o, i)] * mean[i]).sum())
+                    .collect(),
+            )
+        }
+        _ => None,
+    }
+}
+
 /// A copy of `model` whose outputs also include `tensors`, for calibration runs.
 pub fn with_extra_outputs(model: &Model, tensors: &[String]) -> Model {
     let mut m = model.clone();
@@ -428,10 +508,13 @@ fn clip_qparams(r: &Range, (lo, hi): (f32, f32), act: ActivationType) -> QParams
 }
 
 /// Quantizes `model`. `ranges` holds the calibrated range of each tensor named by
-/// [`calibration_tensors`]; a tensor without one stays float.
+/// [`calibration_tensors`]; a tensor without one stays float. `channel_means` holds the
+/// per-channel means of the tensors named by [`bias_correction_inputs`]; a layer whose input has
+/// none keeps its bias as it was.
 pub fn quantize(
     model: &Model,
     ranges: &HashMap<String, Range>,
+    channel_means: &HashMap<String, Vec<f32>>,
     act: ActivationType,
     exclude: &Exclusions,
 ) -> Result<(Model, QdqReport), onnx::OnnxError> {
@@ -764,6 +847,7 @@ pub fn quantize(
                 &mut node,
                 &init_idx,
                 tq.get(&n.input[0]).map(|q| q.scale),
+                channel_means.get(&n.input[0]).map(Vec::as_slice),
                 per_channel_ok,
                 &mut new_inits,
                 &mut new_nodes,
@@ -879,6 +963,7 @@ fn quantize_weights(
     node: &mut pb::NodeProto,
     init_idx: &HashMap<&str, usize>,
     input_scale: Option<f32>,
+    input_mean: Option<&[f32]>,
     per_channel_ok: bool,
     new_inits: &mut Vec<pb::TensorProto>,
     new_nodes: &mut Vec<pb::NodeProto>,
@@ -923,13 +1008,23 @@ fn quantize_weights(
     } else {
         per_channel_scales(&values, 1)
     };
-    // The Conv/Gemm bias, when it can be quantized: int32 at the scale the integer kernels
-    // accumulate in, s_input * s_weight[c], which needs the input's scale.
-    let bias = match (n.op_type(), n.input.get(2), input_scale) {
-        ("Conv" | "Gemm", Some(b), Some(s_in)) if !b.is_empty() => init_idx
-            .get(b.as_str())
-            .map(|&bi| &g.initializer[bi])
-            .and_then(|t| Some((t, onnx::tensor_f32(t)?, s_in))),
+    // The Conv/Gemm float bias. A layer without one gets zeros, used only if bias correction
+    // has something to put there.
+    let out_channels = match (n.op_type(), axis) {
+        ("Conv", _) | ("Gemm", 0) => dims[0] as usize,
+        ("Gemm", _) => dims[1] as usize,
+        _ => 0,
+    };
+    let had_bias = n.input.get(2).is_some_and(|b| !b.is_empty());
+    let mut bias: Option<(String, Vec<f32>)> = match n.op_type() {
+        "Conv" | "Gemm" if had_bias => {
+            let b = &n.input[2];
+            init_idx
+                .get(b.as_str())
+                .and_then(|&bi| onnx::tensor_f32(&g.initializer[bi]))
+                .map(|v| (b.clone(), v))
+        }
+        "Conv" | "Gemm" => Some((format!("{}__bias", w.name()), vec![0.0; out_channels])),
         _ => None,
     };
     let scale_of_channel = |c: usize, scales: &[f32]| {
@@ -941,9 +1036,9 @@ fn quantize_weights(
     };
     // b / (s_input * s_weight) must fit the int32: a channel with tiny weights and a real bias
     // would overflow it, so such a channel's weight scale is widened until the bias fits in
-    // 2^30 (headroom for the accumulator).
+    // 2^30 (headroom for the accumulator and for the bias correction below).
     let mut scales = scales;
-    if let Some((_, bv, s_in)) = &bias {
+    if let (Some((_, bv)), Some(s_in)) = (&bias, input_scale) {
         let limit = (1u32 << 30) as f32;
         for (c, b) in bv.iter().enumerate() {
             let k = scale_of_channel(c, &scales);
@@ -964,6 +1059,31 @@ fn quantize_weights(
         .enumerate()
         .map(|(i, &v)| (v / scales[channel_of(i)]).round().clamp(-127.0, 127.0) as i8)
         .collect();
+    let corrected = match (input_mean, bias.as_mut()) {
+        (Some(mean), Some((_, bv))) if bv.len() == out_channels => {
+            let error: Vec<f32> = values
+                .iter()
+                .zip(&q)
+                .enumerate()
+                .map(|(i, (&v, &qv))| f32::from(qv) * scales[channel_of(i)] - v)
+                .collect();
+            let group = onnx::get_attr_int(n, "group").unwrap_or(1).max(1) as usize;
+            let trans_b = onnx::get_attr_int(n, "transB") == Some(1);
+            match rounding_shift(n.op_type(), &error, &dims, group, trans_b, mean) {
+                Some(shift) => {
+                    for (b, d) in bv.iter_mut().zip(shift) {
+                        *b -= d;
+                    }
+                    true
+                }
+                None => false,
+            }
+        }
+        _ => false,
+    };
+    if !had_bias && !corrected {
+        bias = None;
+    }
     // Named after the node too: one weight may feed several nodes.
     let name = format!("{}__{}", w.name(), node_label(n));
     let (qn, sn, zn, dqn) = (
@@ -994,50 +1114,178 @@ fn quantize_weights(
     ));
     node.input[wi] = dqn;
 
-    if let Some((b, bv, s_in)) = bias {
-        let bscale: Vec<f32> = (0..bv.len())
-            .map(|c| s_in * scales[scale_of_channel(c, &scales)])
-            .collect();
-        // Per-axis DequantizeLinear needs opset 13; before that one scale must serve.
-        let (bscale, bdims, battrs) = if per_channel {
-            (
-                bscale,
-                vec![bv.len() as i64],
-                vec![onnx::attr_int("axis", 0)],
-            )
+    let Some((bname, bv)) = bias else {
+        return Some(());
+    };
+    let bname = format!("{bname}__{}", node_label(n));
+    let set_bias = |node: &mut pb::NodeProto, t: String| {
+        if node.input.len() > 2 {
+            node.input[2] = t;
         } else {
-            (vec![bscale[0]], vec![], vec![])
-        };
-        let bq: Vec<i32> = bv
-            .iter()
-            .zip(bscale.iter().cycle())
-            .map(|(&v, &s)| (v / s).round().clamp(i32::MIN as f32, i32::MAX as f32) as i32)
-            .collect();
-        let bname = format!("{}__{}", b.name(), node_label(n));
-        let (bqn, bsn, bzn, bdq) = (
-            format!("{bname}__q32"),
-            format!("{bname}__bscale"),
-            format!("{bname}__bzp"),
-            format!("{bname}__bdq"),
-        );
-        new_inits.push(onnx::tensor_from_i32(&bqn, &[bv.len() as i64], &bq));
-        new_inits.push(onnx::tensor_from_f32(&bsn, &bdims, &bscale));
-        new_inits.push(onnx::tensor_from_i32(&bzn, &bdims, &vec![0; bscale.len()]));
-        new_nodes.push(onnx::node(
-            "DequantizeLinear",
-            &format!("{bdq}__DQ"),
-            &[&bqn, &bsn, &bzn],
-            &[&bdq],
-            battrs,
-        ));
-        node.input[2] = bdq;
-    }
+            node.input.push(t);
+        }
+    };
+    // The bias in int32 at the scale the integer kernels accumulate in, s_input * s_weight[c],
+    // when the input's scale is known; otherwise a float bias, rewritten only if corrected.
+    let Some(s_in) = input_scale else {
+        if corrected {
+            let t = format!("{bname}__corrected");
+            new_inits.push(onnx::tensor_from_f32(&t, &[bv.len() as i64], &bv));
+            set_bias(node, t);
+        }
+        return Some(());
+    };
+    let bscale: Vec<f32> = (0..bv.len())
+        .map(|c| s_in * scales[scale_of_channel(c, &scales)])
+        .collect();
+    // Per-axis DequantizeLinear needs opset 13; before that one scale must serve.
+    let (bscale, bdims, battrs) = if per_channel {
+        (
+            bscale,
+            vec![bv.len() as i64],
+            vec![onnx::attr_int("axis", 0)],
+        )
+    } else {
+        (vec![bscale[0]], vec![], vec![])
+    };
+    let bq: Vec<i32> = bv
+        .iter()
+        .zip(bscale.iter().cycle())
+        .map(|(&v, &s)| (v / s).round().clamp(i32::MIN as f32, i32::MAX as f32) as i32)
+        .collect();
+    let (bqn, bsn, bzn, bdq) = (
+        format!("{bname}__q32"),
+        format!("{bname}__bscale"),
+        format!("{bname}__bzp"),
+        format!("{bname}__bdq"),
+    );
+    new_inits.push(onnx::tensor_from_i32(&bqn, &[bv.len() as i64], &bq));
+    new_inits.push(onnx::tensor_from_f32(&bsn, &bdims, &bscale));
+    new_inits.push(onnx::tensor_from_i32(&bzn, &bdims, &vec![0; bscale.len()]));
+    new_nodes.push(onnx::node(
+        "DequantizeLinear",
+        &format!("{bdq}__DQ"),
+        &[&bqn, &bsn, &bzn],
+        &[&bdq],
+        battrs,
+    ));
+    set_bias(node, bdq);
     Some(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hand-checked: each output channel's shift is the sum of its weights' rounding errors,
+    /// each times the mean of the input channel it reads.
+    #[test]
+    fn rounding_shift_by_hand() {
+        // Depthwise, two channels of 1x2 kernels.
+        let e = [0.1, 0.2, -0.3, 0.05];
+        let got = rounding_shift("Conv", &e, &[2, 1, 1, 2], 2, false, &[2.0, 10.0]).unwrap();
+        assert!(
+            (got[0] - 0.6).abs() < 1e-6 && (got[1] + 2.5).abs() < 1e-6,
+            "{got:?}"
+        );
+        // Dense 1x1, one output reading two channels.
+        let got = rounding_shift("Conv", &[0.5, -1.0], &[1, 2, 1, 1], 1, false, &[4.0, 3.0]);
+        assert!((got.unwrap()[0] + 1.0).abs() < 1e-6);
+        // Gemm, W as [N, K] (transB) and as [K, N].
+        let e = [1.0, 2.0, 3.0, 4.0];
+        let m = [1.0, 10.0];
+        assert_eq!(
+            rounding_shift("Gemm", &e, &[2, 2], 1, true, &m).unwrap(),
+            [21.0, 43.0]
+        );
+        assert_eq!(
+            rounding_shift("Gemm", &e, &[2, 2], 1, false, &m).unwrap(),
+            [31.0, 42.0]
+        );
+        // Means that do not fit the weight: no correction rather than a wrong one.
+        assert!(rounding_shift("Conv", &e, &[2, 1, 1, 2], 2, false, &[1.0]).is_none());
+    }
+
+    /// With its input's channel means known, a Conv's int32 bias carries the correction, and a
+    /// Conv without a bias gets one; without means the bias is the float one, rounded.
+    #[test]
+    fn bias_correction_reaches_the_quantized_bias() {
+        // Weights chosen to round badly at their scale (max 1.0, so step 1/127).
+        let w = onnx::tensor_from_f32("w", &[2, 1, 1, 2], &[1.0, 0.0035, -1.0, 0.0043]);
+        let b = onnx::tensor_from_f32("b", &[2], &[0.5, -0.5]);
+        let model = model_of(
+            vec![
+                onnx::node(
+                    "Conv",
+                    "dw",
+                    &["x", "w", "b"],
+                    &["y"],
+                    vec![onnx::attr_int("group", 2)],
+                ),
+                onnx::node(
+                    "Conv",
+                    "nobias",
+                    &["y", "w"],
+                    &["out"],
+                    vec![onnx::attr_int("group", 2)],
+                ),
+            ],
+            vec![w, b],
+        );
+        let ranges: HashMap<String, Range> = calibration_tensors(&model)
+            .into_iter()
+            .map(|t| (t, Range { lo: -4.0, hi: 4.0 }))
+            .collect();
+        let means = HashMap::from([
+            ("x".to_string(), vec![100.0, 200.0]),
+            ("y".to_string(), vec![50.0, -50.0]),
+        ]);
+        let bias_of = |q: &Model, node: &str| -> Vec<f32> {
+            let g = q.graph();
+            let n = g.node.iter().find(|n| n.name() == node).unwrap();
+            let dq = g.node.iter().find(|d| d.output[0] == n.input[2]).unwrap();
+            let init = |name: &str| g.initializer.iter().find(|t| t.name() == name).unwrap();
+            let q32 = init(&dq.input[0]);
+            let v: Vec<i32> = q32
+                .raw_data()
+                .chunks(4)
+                .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            let s = onnx::tensor_f32(init(&dq.input[1])).unwrap();
+            v.iter().zip(s).map(|(&i, s)| i as f32 * s).collect()
+        };
+        let act = ActivationType::U8Asymmetric;
+        let ex = Exclusions::default();
+        let (plain, _) = quantize(&model, &ranges, &HashMap::new(), act, &ex).unwrap();
+        let (fixed, _) = quantize(&model, &ranges, &means, act, &ex).unwrap();
+        // Rounding errors: 0.0035 -> 0 (step 1/127 = 0.00787) and 0.0043 -> 0.00787.
+        let err1 = 1.0 / 127.0 - 0.0043;
+        let want = [0.5 - (-0.0035) * 100.0, -0.5 - err1 * 200.0];
+        let (p, f) = (bias_of(&plain, "dw"), bias_of(&fixed, "dw"));
+        // The int32 bias's own step: s_input * s_weight = (8 / 255) / 127.
+        let step = 2.5e-4;
+        for c in 0..2 {
+            assert!((p[c] - [0.5, -0.5][c]).abs() < step, "plain {p:?}");
+            assert!(
+                (f[c] - want[c]).abs() < step,
+                "corrected {f:?}, want {want:?}"
+            );
+        }
+        // The bias-less Conv got a bias: minus its own shift (means 50 and -50).
+        let f2 = bias_of(&fixed, "nobias");
+        let want2 = [-(-0.0035 * 50.0), -(err1 * -50.0)];
+        assert!(
+            (f2[0] - want2[0]).abs() < step && (f2[1] - want2[1]).abs() < step,
+            "{f2:?}"
+        );
+        let nobias = plain
+            .graph()
+            .node
+            .iter()
+            .find(|n| n.name() == "nobias")
+            .unwrap();
+        assert_eq!(nobias.input.len(), 2, "no means, no bias added");
+    }
 
     /// SiLU's Sigmoid and Mul run in int8; a Mul by a negative constant stays float.
     #[test]
@@ -1067,6 +1315,7 @@ mod tests {
         let (q, rep) = quantize(
             &model,
             &ranges,
+            &HashMap::new(),
             ActivationType::U8Asymmetric,
             &Exclusions::default(),
         )
@@ -1146,7 +1395,16 @@ mod tests {
         };
         let ranges: HashMap<String, Range> =
             tensors.iter().map(|t| (t.clone(), range(t))).collect();
-        let cpu = |act| quantize(&model, &ranges, act, &Exclusions::default()).unwrap();
+        let cpu = |act| {
+            quantize(
+                &model,
+                &ranges,
+                &HashMap::new(),
+                act,
+                &Exclusions::default(),
+            )
+            .unwrap()
+        };
 
         let (q, _) = cpu(ActivationType::U8Asymmetric);
         let g = q.graph();
