@@ -274,11 +274,19 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                         .score(),
                     )
                 };
-                // Sensitivity: each computing node (weighted layers, adds, activations)
-                // quantized on its own. Weighted layers alone are not enough: the activations'
-                // Q/DQ pairs alone can cost more than the target allows.
+                // Sensitivity, of two kinds of unit. Each computing node (weighted layers, adds,
+                // activations) quantized on its own: its weights and the activations around it,
+                // which alone can cost more than the target allows. And each activation's
+                // rounding on its own, in the float model: a tensor whose channels span very
+                // different ranges (CenterNet's first hard-swish, read by a depthwise kernel of
+                // weight 70) loses more than any node, and only keeping its writer and readers
+                // in float keeps it in float.
                 let layers = rep.quantized_compute.clone();
+                let tensors = rep.quantized_tensors.clone();
+                let total = (layers.len() + tensors.len()) as u64;
                 let all_nodes: Vec<String> = src.graph().node.iter().map(qdq::node_label).collect();
+                // What each unit keeps in float, by index into `sensitivity`.
+                let mut keeps: Vec<Vec<String>> = Vec::new();
                 for (i, layer) in layers.iter().enumerate() {
                     let mut only = exclude.clone();
                     only.names
@@ -288,26 +296,40 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                         layer: layer.clone(),
                         fidelity: score(&m, "probe", &probe, &fp32_probe)?,
                     });
-                    progress("layer sensitivity", i as u64 + 1, layers.len() as u64);
+                    keeps.push(vec![layer.clone()]);
+                    progress("layer sensitivity", i as u64 + 1, total);
                 }
-                let mut order: Vec<&LayerSensitivity> = sensitivity.iter().collect();
-                order.sort_by(|a, b| a.fidelity.total_cmp(&b.fidelity));
+                for (i, t) in tensors.iter().enumerate() {
+                    if let Some(m) = qdq::with_one_quantized_tensor(&src, &q, t) {
+                        sensitivity.push(LayerSensitivity {
+                            layer: format!("activation {t}"),
+                            fidelity: score(&m, "probe", &probe, &fp32_probe)?,
+                        });
+                        keeps.push(qdq::neighbours(&src, t));
+                    }
+                    progress("layer sensitivity", (layers.len() + i) as u64 + 1, total);
+                }
+                let mut order: Vec<usize> = (0..sensitivity.len()).collect();
+                order.sort_by(|&a, &b| sensitivity[a].fidelity.total_cmp(&sensitivity[b].fidelity));
                 let mut fid = score(&q, "mixed", &search, &fp32_search)?;
-                // Greedy, most sensitive first, and a layer goes back to float only if that
+                // Greedy, most sensitive first, and a unit goes back to float only if that
                 // helps the whole model: errors of neighbouring layers partly cancel, so a
                 // layer that hurts alone need not hurt in company.
-                for (i, s) in order.iter().take(MAX_SEARCH_TRIALS).enumerate() {
+                for (i, &u) in order.iter().take(MAX_SEARCH_TRIALS).enumerate() {
                     if fid >= target_fid {
                         break;
                     }
                     let mut trial = exclude.clone();
-                    trial.names.insert(s.layer.clone());
+                    trial.names.extend(keeps[u].iter().cloned());
+                    if trial.names.len() == exclude.names.len() {
+                        continue;
+                    }
                     let (tq, trep) =
                         qdq::quantize(&src, &ranges, &stats.channel_means, act, &trial)?;
                     let tfid = score(&tq, "mixed", &search, &fp32_search)?;
                     progress("mixed precision", i as u64 + 1, MAX_SEARCH_TRIALS as u64);
                     if tfid > fid {
-                        tracing::info!(layer = %s.layer, fidelity = tfid, "kept in float");
+                        tracing::info!(unit = %sensitivity[u].layer, fidelity = tfid, "kept in float");
                         (exclude, q, rep, fid) = (trial, tq, trep, tfid);
                     }
                 }

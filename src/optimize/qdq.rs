@@ -167,7 +167,7 @@ pub struct QdqReport {
     /// Weighted layers now in int8.
     pub quantized_layers: Vec<String>,
     /// Activation tensors with a Q/DQ pair.
-    pub quantized_tensors: usize,
+    pub quantized_tensors: Vec<String>,
     /// Every node that computes in int8, data movement aside: the candidates of the accuracy
     /// search.
     pub quantized_compute: Vec<String>,
@@ -357,6 +357,63 @@ pub fn rounding_shift(
         }
         _ => None,
     }
+}
+
+/// `model` (float) with one activation quantized as `quantized` quantizes it: the tensor's Q/DQ
+/// pair copied in after its producer and its readers moved to the dequantized copy. The error of
+/// this one rounding, alone, is that tensor's sensitivity. `None` when `quantized` has no pair
+/// for `tensor`.
+pub fn with_one_quantized_tensor(model: &Model, quantized: &Model, tensor: &str) -> Option<Model> {
+    let qg = quantized.graph();
+    let q = qg
+        .node
+        .iter()
+        .find(|n| n.name() == format!("{tensor}__Q"))?;
+    let dq = qg
+        .node
+        .iter()
+        .find(|n| n.name() == format!("{tensor}__DQ"))?;
+    let params: Vec<pb::TensorProto> = qg
+        .initializer
+        .iter()
+        .filter(|t| q.input[1..].contains(&t.name().to_string()))
+        .cloned()
+        .collect();
+    let mut m = model.clone();
+    let g = m.graph_mut();
+    let dq_out = dq.output[0].clone();
+    for n in g.node.iter_mut() {
+        for i in n.input.iter_mut() {
+            if i == tensor {
+                *i = dq_out.clone();
+            }
+        }
+    }
+    for o in g.output.iter_mut() {
+        if o.name() == tensor {
+            // A graph output keeps its name: the pair then feeds nothing, which is harmless.
+            return None;
+        }
+    }
+    let at = g
+        .node
+        .iter()
+        .position(|n| n.output.iter().any(|o| o == tensor))
+        .map_or(0, |p| p + 1);
+    g.node.splice(at..at, [q.clone(), dq.clone()]);
+    g.initializer.extend(params);
+    Some(m)
+}
+
+/// The nodes that write and read `tensor`: kept in float together, they keep it in float.
+pub fn neighbours(model: &Model, tensor: &str) -> Vec<String> {
+    model
+        .graph()
+        .node
+        .iter()
+        .filter(|n| n.input.iter().chain(&n.output).any(|t| t == tensor))
+        .map(node_label)
+        .collect()
 }
 
 /// A copy of `model` whose outputs also include `tensors`, for calibration runs.
@@ -879,7 +936,8 @@ pub fn quantize(
             used_inits.insert(i.clone());
         }
     }
-    report.quantized_tensors = emitted.len();
+    report.quantized_tensors = emitted.iter().cloned().collect();
+    report.quantized_tensors.sort();
 
     let og = out.graph_mut();
     og.node = new_nodes;
