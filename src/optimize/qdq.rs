@@ -636,6 +636,11 @@ pub fn quantize(
             if !KNOWN_FLOAT.contains(&op) {
                 *report.unknown_ops.entry(op.to_string()).or_default() += 1;
             }
+            // Muls and Sigmoids may still run in int8 (gates, x * c); kept float, they are
+            // named with the rest.
+            if matches!(op, "Mul" | "Sigmoid") && exclude.excludes(n) {
+                report.excluded.push(node_label(n));
+            }
             false
         })
         .collect();
@@ -1234,6 +1239,67 @@ fn quantize_weights(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One activation rounded alone: the float model plus that tensor's own Q/DQ pair (same
+    /// parameters as in the quantized model), its readers on the dequantized copy, weights float.
+    #[test]
+    fn one_quantized_tensor_in_the_float_model() {
+        let model = model_of(
+            vec![
+                onnx::node("Conv", "c1", &["x", "w1"], &["a"], vec![]),
+                onnx::node("Relu", "r", &["a"], &["b"], vec![]),
+                onnx::node("Conv", "c2", &["b", "w2"], &["c"], vec![]),
+                onnx::node("Add", "add", &["c", "b2"], &["out"], vec![]),
+            ],
+            vec![weights("w1", &[4, 3, 1, 1]), weights("w2", &[4, 4, 1, 1])],
+        );
+        let ranges: HashMap<String, Range> = calibration_tensors(&model)
+            .into_iter()
+            .map(|t| (t, Range { lo: -1.0, hi: 2.0 }))
+            .collect();
+        let act = ActivationType::U8Asymmetric;
+        let (q, rep) = quantize(
+            &model,
+            &ranges,
+            &HashMap::new(),
+            act,
+            &Exclusions::default(),
+        )
+        .unwrap();
+        assert!(
+            rep.quantized_tensors.contains(&"b".to_string()),
+            "{:?}",
+            rep.quantized_tensors
+        );
+        let one = with_one_quantized_tensor(&model, &q, "b").unwrap();
+        let g = one.graph();
+        let ops: Vec<&str> = g.node.iter().map(|n| n.op_type()).collect();
+        assert_eq!(
+            ops,
+            [
+                "Conv",
+                "Relu",
+                "QuantizeLinear",
+                "DequantizeLinear",
+                "Conv",
+                "Add"
+            ]
+        );
+        assert_eq!(g.node[4].input[0], "b__dq");
+        assert_eq!(g.node[4].input[1], "w2", "weights stay float");
+        let scale = |m: &Model| {
+            let t = m
+                .graph()
+                .initializer
+                .iter()
+                .find(|t| t.name() == "b__scale")
+                .unwrap();
+            onnx::tensor_f32(t).unwrap()
+        };
+        assert_eq!(scale(&one), scale(&q));
+        assert!(with_one_quantized_tensor(&model, &q, "nothing").is_none());
+        assert_eq!(neighbours(&model, "b"), ["r", "c2"]);
+    }
 
     /// Hand-checked: each output channel's shift is the sum of its weights' rounding errors,
     /// each times the mean of the input channel it reads.
