@@ -105,6 +105,7 @@ pub fn layer_errors(
             Some(super::LayerSensitivity {
                 layer: layer.clone(),
                 fidelity: c.iter().sum::<f64>() / c.len().max(1) as f64,
+                kept_in_float: false,
             })
         })
         .collect())

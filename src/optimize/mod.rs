@@ -116,9 +116,13 @@ pub struct Figures {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LayerSensitivity {
+    /// A node's name, or `activation <tensor>`.
     pub layer: String,
-    /// Fidelity with only this layer quantized.
+    /// Fidelity with only this node quantized, or only this activation rounded.
     pub fidelity: f64,
+    /// The accuracy search put this unit back in float.
+    #[serde(default)]
+    pub kept_in_float: bool,
 }
 
 /// What `optimize` did, as `artifact.toml` records it.
@@ -295,6 +299,7 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                     sensitivity.push(LayerSensitivity {
                         layer: layer.clone(),
                         fidelity: score(&m, "probe", &probe, &fp32_probe)?,
+                        kept_in_float: false,
                     });
                     keeps.push(vec![layer.clone()]);
                     progress("layer sensitivity", i as u64 + 1, total);
@@ -304,6 +309,7 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                         sensitivity.push(LayerSensitivity {
                             layer: format!("activation {t}"),
                             fidelity: score(&m, "probe", &probe, &fp32_probe)?,
+                            kept_in_float: false,
                         });
                         keeps.push(qdq::neighbours(&src, t));
                     }
@@ -330,6 +336,7 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                     progress("mixed precision", i as u64 + 1, MAX_SEARCH_TRIALS as u64);
                     if tfid > fid {
                         tracing::info!(unit = %sensitivity[u].layer, fidelity = tfid, "kept in float");
+                        sensitivity[u].kept_in_float = true;
                         (exclude, q, rep, fid) = (trial, tq, trep, tfid);
                     }
                 }

@@ -941,8 +941,14 @@ pub fn quantize(
             used_inits.insert(i.clone());
         }
     }
-    report.quantized_tensors = emitted.iter().cloned().collect();
-    report.quantized_tensors.sort();
+    // In graph order, as their pairs were emitted.
+    report.quantized_tensors = new_nodes
+        .iter()
+        .filter(|n| n.op_type() == "QuantizeLinear")
+        .filter_map(|n| n.name().strip_suffix("__Q"))
+        .filter(|t| emitted.contains(*t))
+        .map(String::from)
+        .collect();
 
     let og = out.graph_mut();
     og.node = new_nodes;

@@ -22,7 +22,7 @@ pub fn write(a: &Artifact, dir: &Path) -> Result<(), OptimizeError> {
         layer_plot(
             a,
             &a.sensitivity,
-            "Fidelity with one node quantized (graph order)",
+            "Fidelity with one unit quantized: nodes, then activations (graph order)",
             &dir.join(SENSITIVITY_SVG),
         )
         .map_err(io_err)?;
@@ -184,14 +184,19 @@ pub fn markdown(a: &Artifact) -> String {
     if !a.sensitivity.is_empty() {
         let _ = writeln!(
             s,
-            "## Per-layer sensitivity\n\nFidelity with only that layer quantized (lower is more \
-             sensitive); the accuracy search keeps the most sensitive layers in float first.\n\n![sensitivity]({SENSITIVITY_SVG})\n"
+            "## Per-layer sensitivity\n\nFidelity with only that node quantized, or with only that \
+             activation rounded in the float model (lower is more sensitive); the accuracy search \
+             tries the most sensitive units in float first and keeps those that help (red).\n\n![sensitivity]({SENSITIVITY_SVG})\n"
         );
         let mut v: Vec<_> = a.sensitivity.iter().collect();
         v.sort_by(|x, y| x.fidelity.total_cmp(&y.fidelity));
-        let _ = writeln!(s, "| layer | fidelity alone |\n|---|---|");
+        let _ = writeln!(
+            s,
+            "| unit | fidelity alone | kept in float |\n|---|---|---|"
+        );
         for l in v.iter().take(10) {
-            let _ = writeln!(s, "| `{}` | {:.5} |", l.layer, l.fidelity);
+            let kept = if l.kept_in_float { "yes" } else { "" };
+            let _ = writeln!(s, "| `{}` | {:.5} | {kept} |", l.layer, l.fidelity);
         }
     }
     if let Some(t) = &a.tensorrt {
@@ -289,14 +294,14 @@ fn layer_plot(
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
-        .x_desc("node (graph order)")
+        .x_desc("unit (graph order)")
         .y_desc("fidelity (red: kept in float)")
         .draw()
         .map_err(|e| e.to_string())?;
     let excluded: std::collections::HashSet<&str> = a.excluded.iter().map(String::as_str).collect();
     chart
         .draw_series(layers.iter().enumerate().map(|(i, s)| {
-            let color = if excluded.contains(s.layer.as_str()) {
+            let color = if s.kept_in_float || excluded.contains(s.layer.as_str()) {
                 RED.filled()
             } else {
                 BLUE.mix(0.6).filled()
