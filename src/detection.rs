@@ -29,6 +29,14 @@ impl BBox {
     }
 }
 
+/// A named landmark of a detection (a face's eyes, nose tip, ...), in source pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Keypoint {
+    pub name: &'static str,
+    pub x: f32,
+    pub y: f32,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Detection {
     pub class_id: u32,
@@ -36,6 +44,10 @@ pub struct Detection {
     pub score: f32,
     #[serde(rename = "box")]
     pub bbox: BBox,
+    /// Landmarks, for families that give them (BlazeFace: six per face, which face alignment
+    /// needs); empty, and left out of the events, otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keypoints: Vec<Keypoint>,
 }
 
 /// Greedy non-maximum suppression within each class: keeps the best-scoring box and drops every
@@ -77,6 +89,7 @@ mod tests {
                 x2: x1 + 10.0,
                 y2: 10.0,
             },
+            keypoints: Vec::new(),
         }
     }
 

@@ -41,6 +41,8 @@ fn iou(a: [f64; 4], b: [f64; 4]) -> f64 {
 fn blazeface_finds_the_labelled_faces() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut labels, mut found, mut stray, mut iou_sum) = (0, 0, 0, 0.0);
+    // Landmarks of the faces found: (inside their box, in a face's order).
+    let (mut faces, mut inside, mut ordered) = (0, 0, 0);
     for dir in ["calibration/faces", "calibration/heldout/faces"] {
         for e in std::fs::read_dir(root().join(dir)).unwrap() {
             let path = e.unwrap().path();
@@ -63,9 +65,9 @@ fn blazeface_finds_the_labelled_faces() {
                 out.to_str().unwrap(),
             ]);
             assert!(o.status.success(), "{name}: {}", stderr(&o));
-            let dets: Vec<[f64; 4]> = events(Path::new(&out))[0]["detections"]
-                .as_array()
-                .unwrap()
+            let records = events(Path::new(&out));
+            let raw = records[0]["detections"].as_array().unwrap();
+            let dets: Vec<[f64; 4]> = raw
                 .iter()
                 .map(|d| {
                     assert_eq!(d["label"], "face");
@@ -73,6 +75,32 @@ fn blazeface_finds_the_labelled_faces() {
                     [x1, y1, x2, y2]
                 })
                 .collect();
+            for (d, b) in raw.iter().zip(&dets) {
+                let k = d["keypoints"]
+                    .as_array()
+                    .expect("BlazeFace gives keypoints");
+                let names: Vec<&str> = k.iter().map(|p| p["name"].as_str().unwrap()).collect();
+                assert_eq!(
+                    names,
+                    [
+                        "right_eye",
+                        "left_eye",
+                        "nose_tip",
+                        "mouth",
+                        "right_ear",
+                        "left_ear"
+                    ]
+                );
+                let at = |i: usize| (k[i]["x"].as_f64().unwrap(), k[i]["y"].as_f64().unwrap());
+                let (re, le, nose, mouth) = (at(0), at(1), at(2), at(3));
+                faces += 1;
+                // Eyes, nose and mouth lie in the face's box (ears may stick out of it).
+                let within = |(x, y): (f64, f64)| x >= b[0] && x <= b[2] && y >= b[1] && y <= b[3];
+                inside += usize::from([re, le, nose, mouth].into_iter().all(within));
+                // An upright face seen from the front: the subject's right eye on the image's
+                // left, both eyes above the mouth, the nose between them in height.
+                ordered += usize::from(re.0 < le.0 && re.1.max(le.1) < nose.1 && nose.1 < mouth.1);
+            }
             labels += truth.len();
             for t in &truth {
                 let best = dets.iter().map(|&d| iou(*t, d)).fold(0.0, f64::max);
@@ -95,5 +123,14 @@ fn blazeface_finds_the_labelled_faces() {
         iou_sum / found as f64 > 0.6,
         "boxes fit loosely: {}",
         iou_sum / found as f64
+    );
+    // Landmarks: every face's eyes, nose and mouth in its box, and in a face's order for
+    // nearly all (these photos hold upright faces; a few turn away).
+    println!("keypoints: {faces} faces, {inside} inside their box, {ordered} in order");
+    assert!(faces >= found, "{faces} faces with keypoints");
+    assert_eq!(inside, faces, "eyes, nose and mouth inside the box");
+    assert!(
+        ordered * 10 >= faces * 9,
+        "{ordered} of {faces} faces in a face's order"
     );
 }

@@ -5,8 +5,8 @@
 //! a stride-32 grid with 6 (for 256x256: 16x16x2 = 512 and 8x8x6 = 384). Anchors sit at cell
 //! centres, row-major with the anchors of a cell innermost, all of size 1 (MediaPipe's
 //! `fixed_anchor_size`). Regressors are in input pixels: the box centre's offset from the anchor,
-//! the box size, then six keypoints (eyes, nose tip, mouth, ears), which [`Detection`] does not
-//! carry. Input: NHWC RGB float scaled to [-1, 1], letterboxed to the square as MediaPipe does.
+//! the box size, then six keypoints (eyes, nose tip, mouth, ears), offsets from the anchor too,
+//! which each [`Detection`] carries in source pixels. Input: NHWC RGB float scaled to [-1, 1], letterboxed to the square as MediaPipe does.
 //!
 //! ```
 //! # use edgesight::models::blazeface::anchors;
@@ -18,7 +18,7 @@
 //! ```
 
 use super::{input_hw, Detector, DetectorCommon, IoCheck, Labels, Manifest, ModelError};
-use crate::detection::Detection;
+use crate::detection::{Detection, Keypoint};
 use crate::preprocess::{Layout, PreprocessSpec, Resize, Transform};
 use crate::tensor::{ElementType, ModelIo, Output};
 
@@ -27,6 +27,16 @@ use crate::tensor::{ElementType, ModelIo, Output};
 const HEADS: &[(u32, usize)] = &[(16, 2), (32, 6)];
 /// Values per anchor in the regressor outputs: box (4) and six keypoints (12).
 const REGRESSORS: usize = 16;
+/// The keypoints in regressor order (MediaPipe's): the subject's right eye, left eye, nose tip,
+/// mouth centre, right ear tragion, left ear tragion.
+pub const KEYPOINTS: [&str; 6] = [
+    "right_eye",
+    "left_eye",
+    "nose_tip",
+    "mouth",
+    "right_ear",
+    "left_ear",
+];
 /// MediaPipe clips score logits to ±100 before the sigmoid.
 const LOGIT_CLIP: f32 = 100.0;
 
@@ -163,10 +173,18 @@ impl Detector for BlazeFace {
                 if !(hw > 0.0 && hh > 0.0) {
                     continue;
                 }
-                dets.push(
-                    self.c
-                        .detection(0, score, t, [cx - hw, cy - hh, cx + hw, cy + hh]),
-                );
+                let mut d = self
+                    .c
+                    .detection(0, score, t, [cx - hw, cy - hh, cx + hw, cy + hh]);
+                d.keypoints = KEYPOINTS
+                    .iter()
+                    .zip(r[4..].chunks_exact(2))
+                    .map(|(&name, k)| {
+                        let (x, y) = t.to_source(ax * self.size + k[0], ay * self.size + k[1]);
+                        Keypoint { name, x, y }
+                    })
+                    .collect();
+                dets.push(d);
             }
         }
         Ok(self.c.finish(dets))
@@ -214,6 +232,9 @@ mod tests {
         for (k, v) in [4.0, -2.0, 20.0, 30.0].into_iter().enumerate() {
             r16[[0, a, k]] = v;
         }
+        // Its right eye 6 px left of and 4 px above the anchor; the other keypoints at it.
+        r16[[0, a, 4]] = -6.0;
+        r16[[0, a, 5]] = -4.0;
         // Cell (row 5, col 0) of the 8x8 grid, anchor 5: centre (16, 176); below threshold.
         let b32 = (5 * 8) * 6 + 5;
         s32[[0, b32, 0]] = 0.5;
@@ -247,6 +268,13 @@ mod tests {
         let bb = d[0].bbox;
         assert_eq!((bb.x1, bb.x2), (100.0, 140.0));
         assert_eq!((bb.y1, bb.y2), (110.0, 170.0));
+        // Keypoints: offsets from the anchor, mapped as the box is. Right eye (50, 100) in the
+        // input is (100, 136) in the source; the nose at the anchor (56, 104), (112, 144).
+        let names: Vec<&str> = d[0].keypoints.iter().map(|k| k.name).collect();
+        assert_eq!(names, KEYPOINTS);
+        let (eye, nose) = (d[0].keypoints[0], d[0].keypoints[2]);
+        assert_eq!((eye.x, eye.y), (100.0, 136.0));
+        assert_eq!((nose.x, nose.y), (112.0, 144.0));
 
         // With the threshold lowered, the 8x8 head's anchor shows up where it should.
         let m: Manifest =

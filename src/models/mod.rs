@@ -52,6 +52,7 @@ impl DetectorCommon {
             label: self.labels.name(class_id),
             score,
             bbox: crate::detection::BBox { x1, y1, x2, y2 },
+            keypoints: Vec::new(),
         }
     }
 

@@ -117,6 +117,7 @@ impl Detector for Ssd {
                 label: self.labels.name(class_id),
                 score: s[i],
                 bbox: BBox { x1, y1, x2, y2 },
+                keypoints: Vec::new(),
             });
         }
         Ok(dets)

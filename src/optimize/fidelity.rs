@@ -414,6 +414,7 @@ mod tests {
                 x2: x + 10.0,
                 y2: 10.0,
             },
+            keypoints: Vec::new(),
         }
     }
 

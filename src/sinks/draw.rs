@@ -30,6 +30,8 @@ struct Mark {
     text: String,
     text_org: Point,
     colour: [u8; 3],
+    /// Landmark centres, drawn as filled dots.
+    points: Vec<Point>,
 }
 
 /// Line thickness, font scale and the marks: one layout for every pixel format, so RGB and
@@ -62,6 +64,11 @@ fn layout(width: u32, height: u32, dets: &[Detection]) -> opencv::Result<(i32, f
             text_org: Point::new(rect.x + 2, top + size.height + 1),
             text,
             colour: colour(d.class_id),
+            points: d
+                .keypoints
+                .iter()
+                .map(|k| Point::new(k.x as i32, k.y as i32))
+                .collect(),
         });
     }
     Ok((thickness, scale, marks))
@@ -97,6 +104,9 @@ pub fn draw_rgb(
         let c = Scalar::new(r, g, b, 0.0);
         imgproc::rectangle(&mut mat, m.rect, c, thickness, imgproc::LINE_8, 0)?;
         imgproc::rectangle(&mut mat, m.label_bg, c, -1, imgproc::LINE_8, 0)?;
+        for &p in &m.points {
+            imgproc::circle(&mut mat, p, thickness + 1, c, -1, imgproc::LINE_8, 0)?;
+        }
         text(&mut mat, m, scale, Scalar::all(0.0))?;
     }
     Ok(())
@@ -150,6 +160,14 @@ pub fn draw_i420(
             };
             imgproc::rectangle(mat, rect, c, t, imgproc::LINE_8, 0)?;
             imgproc::rectangle(mat, bg, c, -1, imgproc::LINE_8, 0)?;
+            for &p in &m.points {
+                let (p, r) = if i == 0 {
+                    (p, thickness + 1)
+                } else {
+                    (Point::new(p.x / 2, p.y / 2), (thickness + 1) / 2 + 1)
+                };
+                imgproc::circle(mat, p, r, c, -1, imgproc::LINE_8, 0)?;
+            }
         }
         text(&mut mats[0], m, scale, Scalar::all(black as f64))?;
     }
