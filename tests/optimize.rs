@@ -183,6 +183,36 @@ fn keep_accuracy_finds_the_sensitive_layers() {
         kept,
         "the most sensitive unit, {worst}, is kept in float: {excluded:?}"
     );
+    // The units marked as kept are the ones the artifact keeps in float, and nothing else is.
+    let touches = |t: &str, e: &str| {
+        m.graph()
+            .node
+            .iter()
+            .any(|n| n.name() == e && n.input.iter().chain(&n.output).any(|i| i == t))
+    };
+    let covers = |u: &str, e: &str| match u.strip_prefix("activation ") {
+        Some(t) => touches(t, e),
+        None => e == u,
+    };
+    let marked: Vec<&str> = sens
+        .iter()
+        .filter(|s| s["kept_in_float"].as_bool() == Some(true))
+        .map(|s| s["layer"].as_str().unwrap())
+        .collect();
+    assert!(!marked.is_empty());
+    for u in &marked {
+        assert!(
+            excluded.iter().any(|e| covers(u, e.as_str().unwrap())),
+            "{u} is marked as kept but not excluded: {excluded:?}"
+        );
+    }
+    for e in excluded {
+        let e = e.as_str().unwrap();
+        assert!(
+            marked.iter().any(|u| covers(u, e)),
+            "{e} is excluded by no kept unit: {marked:?}"
+        );
+    }
     assert!(out.join("sensitivity.svg").is_file());
     // The excluded layers kept their float weights in the saved graph.
     for e in excluded {

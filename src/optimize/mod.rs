@@ -318,6 +318,8 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                 let mut order: Vec<usize> = (0..sensitivity.len()).collect();
                 order.sort_by(|&a, &b| sensitivity[a].fidelity.total_cmp(&sensitivity[b].fidelity));
                 let mut fid = score(&q, "mixed", &search, &fp32_search)?;
+                // Units put back in float, in the order the search kept them.
+                let mut kept: Vec<usize> = Vec::new();
                 // Greedy, most sensitive first, and a unit goes back to float only if that
                 // helps the whole model: errors of neighbouring layers partly cancel, so a
                 // layer that hurts alone need not hurt in company.
@@ -337,7 +339,26 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                     if tfid > fid {
                         tracing::info!(unit = %sensitivity[u].layer, fidelity = tfid, "kept in float");
                         sensitivity[u].kept_in_float = true;
+                        kept.push(u);
                         (exclude, q, rep, fid) = (trial, tq, trep, tfid);
+                    }
+                }
+                // Backward: a unit kept early may no longer be needed once later ones are in
+                // float (their errors overlapped). Each goes back to int8 if the whole model
+                // holds the target without it, or, short of the target, loses nothing.
+                for &u in kept.clone().iter().rev() {
+                    let mut trial = spec.exclude.clone();
+                    for &k in kept.iter().filter(|&&k| k != u) {
+                        trial.names.extend(keeps[k].iter().cloned());
+                    }
+                    let (tq, trep) =
+                        qdq::quantize(&src, &ranges, &stats.channel_means, act, &trial)?;
+                    let tfid = score(&tq, "mixed", &search, &fp32_search)?;
+                    if tfid >= target_fid.min(fid) {
+                        tracing::info!(unit = %sensitivity[u].layer, fidelity = tfid, "back to int8");
+                        sensitivity[u].kept_in_float = false;
+                        kept.retain(|&k| k != u);
+                        (q, rep, fid) = (tq, trep, tfid);
                     }
                 }
                 if fid < target_fid {
