@@ -62,6 +62,10 @@ fn int8_mobilefacenet_stays_close_to_fp32() {
     }
     let a = artifact(&out);
     assert_eq!(a["precision"].as_str(), Some("int8"));
+    assert!(
+        a.get("comparison").is_none(),
+        "no boxes to compare for an embedder"
+    );
     let sha = edgesight::optimize::calibrate::file_sha256(&root().join(MFN)).unwrap();
     assert_eq!(a["source_sha256"].as_str(), Some(sha.as_str()));
     let cal = &a["calibration"];
@@ -737,4 +741,18 @@ fn int8_centernet_reports_agreement_by_class() {
     assert!(person >= 0.9, "person AP50 {person}");
     let report = std::fs::read_to_string(art.join("report.md")).unwrap();
     assert!(report.contains("| person | "), "{report}");
+    // The frame where the boxes differ most, drawn by each model, as JPEGs the report shows.
+    let a = artifact(&art);
+    let c = &a["comparison"];
+    let frame = c["frame"].as_str().expect("a comparison frame");
+    assert!(frame.contains("heldout"), "{frame}");
+    for key in ["fp32", "candidate"] {
+        let name = c[key].as_str().unwrap();
+        let bytes = std::fs::read(art.join(name)).unwrap();
+        assert_eq!(&bytes[..2], &[0xFF, 0xD8], "{name} is a JPEG");
+        assert!(
+            report.contains(&format!("]({name})")),
+            "{name} in the report"
+        );
+    }
 }

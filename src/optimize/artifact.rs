@@ -64,6 +64,21 @@ pub struct Artifact {
     /// Cosine of each quantized node's output with FP32's, the whole model quantized.
     #[serde(default)]
     pub layer_error: Vec<LayerSensitivity>,
+    /// Detectors: the held-out frame where the two models' boxes differ most, drawn by each.
+    #[serde(default)]
+    pub comparison: Option<Comparison>,
+}
+
+/// Two annotated pictures of one held-out frame, in the artifact folder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Comparison {
+    /// The held-out image.
+    pub frame: String,
+    /// Boxes of either model with no box of the same class at IoU ≥ 0.5 from the other.
+    pub disagreements: usize,
+    /// FP32's boxes, then the optimized model's, as JPEG files.
+    pub fp32: String,
+    pub candidate: String,
 }
 
 impl Artifact {

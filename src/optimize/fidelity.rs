@@ -197,6 +197,47 @@ pub fn compare(
     compare_with_identities(reference, candidate, family, manifest, io, None)
 }
 
+/// The frame where the two models' boxes differ most, at the manifest's threshold: boxes of
+/// either side with no box of the same class at IoU ≥ 0.5 on the other. `(index, count)`;
+/// `None` for a model that is not a detector or no frames.
+pub fn most_disagreeing_frame(
+    reference: &[Vec<Output>],
+    candidate: &[Vec<Output>],
+    manifest: &Manifest,
+    io: &ModelIo,
+) -> Result<Option<(usize, usize)>, OptimizeError> {
+    if !manifest.family.is_detector() {
+        return Ok(None);
+    }
+    let det = build_detector(manifest, io)?;
+    let spec = det.preprocess();
+    let t = Transform {
+        scale_x: 1.0,
+        scale_y: 1.0,
+        pad_x: 0.0,
+        pad_y: 0.0,
+        src_width: spec.width,
+        src_height: spec.height,
+    };
+    let unmatched = |a: &[Detection], b: &[Detection]| {
+        a.iter()
+            .filter(|x| {
+                !b.iter()
+                    .any(|y| y.class_id == x.class_id && x.bbox.iou(&y.bbox) >= 0.5)
+            })
+            .count()
+    };
+    let mut best: Option<(usize, usize)> = None;
+    for (i, (r, c)) in reference.iter().zip(candidate).enumerate() {
+        let (a, b) = (det.decode(r, &t)?, det.decode(c, &t)?);
+        let n = unmatched(&a, &b) + unmatched(&b, &a);
+        if best.is_none_or(|(_, m)| n > m) {
+            best = Some((i, n));
+        }
+    }
+    Ok(best)
+}
+
 pub fn compare_with_identities(
     reference: &[Vec<Output>],
     candidate: &[Vec<Output>],

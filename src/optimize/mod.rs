@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::{Engine, EngineConfig, EngineError, Provider};
 use crate::models::{preprocess_spec, Manifest, ModelError};
 use crate::onnx::{Model, OnnxError};
+use crate::preprocess::Preprocessor;
 use crate::stats::Percentiles;
 use crate::tensor::{Output, Tensor};
 use calibrator::{Method, Range, TensorStats};
@@ -418,9 +419,48 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
         best_batch: fp32_batch,
         size_bytes: fp32_size,
     });
+    let mut comparison = None;
     if let (Some(cand), Some(lat)) = (cand.as_mut(), cand_lat) {
         let batch = fidelity::best_batch(cand, &held[0], spec.bench_runs)?;
         let out = fidelity::outputs_of(cand, &held)?;
+        // Held-out tensors and images line up only when none was skipped.
+        let aligned = held.len() == heldout_set.images.len();
+        if let Some((k, n)) =
+            fidelity::most_disagreeing_frame(&fp32_out, &out, &spec.manifest, fp32.io())?
+                .filter(|_| aligned)
+        {
+            let names = (
+                "compare-fp32.jpg".to_string(),
+                format!("compare-{}.jpg", spec.precision),
+            );
+            let frame = &heldout_set.images[k];
+            comparison = Some(artifact::Comparison {
+                frame: frame.display().to_string(),
+                disagreements: n,
+                fp32: names.0.clone(),
+                candidate: names.1.clone(),
+            });
+            let mut pre_one = Preprocessor::new(pre.clone());
+            let image = calibrate::decode_image(frame).map_err(|reason| OptimizeError::Io {
+                path: frame.clone(),
+                reason,
+            })?;
+            let (tensor, t) = pre_one.run(image.pixels()).map_err(|e| OptimizeError::Io {
+                path: frame.clone(),
+                reason: e.to_string(),
+            })?;
+            let det = crate::models::build_detector(&spec.manifest, fp32.io())?;
+            for (engine, name) in [(&mut fp32, &names.0), (&mut *cand, &names.1)] {
+                let dets = det.decode(&engine.run(&tensor)?, &t)?;
+                let path = scratch.path().join(name);
+                crate::sinks::video::write_jpeg(&image, &dets, &path).map_err(|e| {
+                    OptimizeError::Io {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+            }
+        }
         let fid = fidelity::compare_with_identities(
             &fp32_out,
             &out,
@@ -467,6 +507,7 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
         figures,
         sensitivity,
         layer_error,
+        comparison,
         tensorrt,
         created_by: format!("edgesight {}", env!("CARGO_PKG_VERSION")),
     };

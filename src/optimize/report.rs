@@ -142,6 +142,16 @@ pub fn markdown(a: &Artifact) -> String {
             x.map50.unwrap_or(0.0)
         );
     }
+    if let Some(c) = &a.comparison {
+        let p = a.precision;
+        let _ = writeln!(
+            s,
+            "## Where they differ\n\nThe held-out frame where the boxes differ most, `{}`: {} \
+             boxes of either model have no box of the same class at IoU ≥ 0.5 from the other.\n\n\
+             | fp32 | {p} |\n|---|---|\n| ![fp32]({}) | ![{p}]({}) |\n",
+            c.frame, c.disagreements, c.fp32, c.candidate
+        );
+    }
     if a.quantized_layers > 0 || !a.excluded.is_empty() {
         let _ = writeln!(
             s,

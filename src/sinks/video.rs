@@ -197,41 +197,7 @@ impl Sink for AnnotatedVideo {
                 frame.info().format()
             )));
         }
-        let (w, h) = (info.width(), info.height());
-        // The decoded buffer is read-only and padded; draw on an unpadded copy. In both
-        // formats plane i starts with component i, so its rows hold that component's pixels.
-        let mut data = vec![0u8; info.size()];
-        for i in 0..info.n_planes() as usize {
-            let c = i as u8;
-            let n = info.comp_height(c) as usize;
-            let bytes = info.comp_width(c) as usize * info.comp_pstride(c) as usize;
-            let (src, src_stride) = (frame.plane(i), frame.plane_stride(i));
-            let (off, dst_stride) = (info.offset()[i], info.stride()[i] as usize);
-            for y in 0..n {
-                data[off + y * dst_stride..off + y * dst_stride + bytes]
-                    .copy_from_slice(&src[y * src_stride..y * src_stride + bytes]);
-            }
-        }
-        match frame.format() {
-            PixelFormat::Rgb => draw_rgb(&mut data, w, h, info.stride()[0] as usize, dets),
-            PixelFormat::I420 => {
-                let (o, s) = (info.offset(), info.stride());
-                let (y, rest) = data.split_at_mut(o[1]);
-                let (u, v) = rest.split_at_mut(o[2] - o[1]);
-                let plane = |data, i: usize| Plane {
-                    data,
-                    stride: s[i] as usize,
-                };
-                draw_i420(
-                    [plane(y, 0), plane(u, 1), plane(v, 2)],
-                    w,
-                    h,
-                    &running.matrix,
-                    dets,
-                )
-            }
-        }
-        .map_err(|e| self.err(e))?;
+        let data = annotated_copy(frame, info, &running.matrix, dets).map_err(|e| self.err(e))?;
         let mut buffer = gst::Buffer::from_mut_slice(data);
         {
             let b = buffer.get_mut().expect("a new buffer is writable");
@@ -265,5 +231,112 @@ impl Sink for AnnotatedVideo {
         };
         let _ = r.pipeline.set_state(gst::State::Null);
         result
+    }
+}
+
+/// An unpadded copy of `frame` laid out as `info` says (same format; `info` may drop an odd last
+/// column or row), with `dets` drawn on it.
+fn annotated_copy(
+    frame: &Frame,
+    info: &gst_video::VideoInfo,
+    matrix: &YuvMatrix,
+    dets: &[Detection],
+) -> opencv::Result<Vec<u8>> {
+    let (w, h) = (info.width(), info.height());
+    // The decoded buffer is read-only and padded; draw on an unpadded copy. In both formats
+    // plane i starts with component i, so its rows hold that component's pixels.
+    let mut data = vec![0u8; info.size()];
+    for i in 0..info.n_planes() as usize {
+        let c = i as u8;
+        let n = info.comp_height(c) as usize;
+        let bytes = info.comp_width(c) as usize * info.comp_pstride(c) as usize;
+        let (src, src_stride) = (frame.plane(i), frame.plane_stride(i));
+        let (off, dst_stride) = (info.offset()[i], info.stride()[i] as usize);
+        for y in 0..n {
+            data[off + y * dst_stride..off + y * dst_stride + bytes]
+                .copy_from_slice(&src[y * src_stride..y * src_stride + bytes]);
+        }
+    }
+    match frame.format() {
+        PixelFormat::Rgb => draw_rgb(&mut data, w, h, info.stride()[0] as usize, dets)?,
+        PixelFormat::I420 => {
+            let (o, s) = (info.offset(), info.stride());
+            let (y, rest) = data.split_at_mut(o[1]);
+            let (u, v) = rest.split_at_mut(o[2] - o[1]);
+            let plane = |data, i: usize| Plane {
+                data,
+                stride: s[i] as usize,
+            };
+            draw_i420([plane(y, 0), plane(u, 1), plane(v, 2)], w, h, matrix, dets)?
+        }
+    }
+    Ok(data)
+}
+
+/// One annotated frame as a JPEG, for pictures in reports:
+/// `appsrc ! videoconvert ! jpegenc ! filesink`.
+pub fn write_jpeg(frame: &Frame, dets: &[Detection], path: &Path) -> Result<(), SinkError> {
+    let err = |reason: String| SinkError::Video {
+        path: path.display().to_string(),
+        reason,
+    };
+    let src = frame.info();
+    // Even sides, as for the video: 4:2:0 chroma of an odd side is ambiguous to encoders.
+    let (w, h) = (src.width() & !1, src.height() & !1);
+    if w == 0 || h == 0 {
+        return Err(err(format!(
+            "a {}x{} frame is too small to encode",
+            src.width(),
+            src.height()
+        )));
+    }
+    let info = gst_video::VideoInfo::builder(src.format(), w, h)
+        .colorimetry(&src.colorimetry())
+        .build()
+        .map_err(|e| err(e.to_string()))?;
+    let data =
+        annotated_copy(frame, &info, &YuvMatrix::of(src), dets).map_err(|e| err(e.to_string()))?;
+    let caps = info.to_caps().map_err(|e| err(e.to_string()))?;
+    let appsrc = gst_app::AppSrc::builder()
+        .caps(&caps)
+        .format(gst::Format::Time)
+        .build();
+    let pipeline = gst::Pipeline::with_name("picture");
+    let make = |name: &str| {
+        gst::ElementFactory::make(name)
+            .build()
+            .map_err(|e| err(format!("missing GStreamer element {name}: {e}")))
+    };
+    let (convert, enc) = (make("videoconvert")?, make("jpegenc")?);
+    let sink = gst::ElementFactory::make("filesink")
+        .property("location", path.to_string_lossy().to_string())
+        .build()
+        .map_err(|e| err(e.to_string()))?;
+    let elems = [appsrc.upcast_ref::<gst::Element>(), &convert, &enc, &sink];
+    pipeline.add_many(elems).map_err(|e| err(e.to_string()))?;
+    gst::Element::link_many(elems).map_err(|e| err(e.to_string()))?;
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| err(e.to_string()))?;
+    let mut buffer = gst::Buffer::from_mut_slice(data);
+    buffer
+        .get_mut()
+        .expect("a new buffer is writable")
+        .set_pts(gst::ClockTime::ZERO);
+    let pushed = appsrc
+        .push_buffer(buffer)
+        .and_then(|_| appsrc.end_of_stream())
+        .map_err(|e| err(format!("encoder refused the frame: {e:?}")));
+    let bus = pipeline.bus().expect("a pipeline has a bus");
+    let done = bus.timed_pop_filtered(
+        gst::ClockTime::from_seconds(10),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    );
+    let _ = pipeline.set_state(gst::State::Null);
+    pushed?;
+    match done.as_ref().map(|m| m.view()) {
+        Some(gst::MessageView::Eos(_)) => Ok(()),
+        Some(gst::MessageView::Error(e)) => Err(err(format!("encoder failed: {}", e.error()))),
+        _ => Err(err("the encoder did not finish within 10 s".into())),
     }
 }
