@@ -197,6 +197,19 @@ pub fn compare(
     compare_with_identities(reference, candidate, family, manifest, io, None)
 }
 
+/// Decoding into model-input pixels: comparing two models' boxes needs no source frame.
+fn input_pixels(det: &dyn crate::models::Detector) -> Transform {
+    let spec = det.preprocess();
+    Transform {
+        scale_x: 1.0,
+        scale_y: 1.0,
+        pad_x: 0.0,
+        pad_y: 0.0,
+        src_width: spec.width,
+        src_height: spec.height,
+    }
+}
+
 /// The frame where the two models' boxes differ most, at the manifest's threshold: boxes of
 /// either side with no box of the same class at IoU ≥ 0.5 on the other. `(index, count)`;
 /// `None` for a model that is not a detector or no frames.
@@ -210,15 +223,7 @@ pub fn most_disagreeing_frame(
         return Ok(None);
     }
     let det = build_detector(manifest, io)?;
-    let spec = det.preprocess();
-    let t = Transform {
-        scale_x: 1.0,
-        scale_y: 1.0,
-        pad_x: 0.0,
-        pad_y: 0.0,
-        src_width: spec.width,
-        src_height: spec.height,
-    };
+    let t = input_pixels(det.as_ref());
     let unmatched = |a: &[Detection], b: &[Detection]| {
         a.iter()
             .filter(|x| {
@@ -270,16 +275,7 @@ pub fn compare_with_identities(
         let mut low = manifest.clone();
         low.score_threshold = manifest.score_threshold.min(0.01);
         let det_low = build_detector(&low, io)?;
-        let spec = det.preprocess();
-        // Both sides decode in model-input pixels: agreement needs no source frame.
-        let t = Transform {
-            scale_x: 1.0,
-            scale_y: 1.0,
-            pad_x: 0.0,
-            pad_y: 0.0,
-            src_width: spec.width,
-            src_height: spec.height,
-        };
+        let t = input_pixels(det.as_ref());
         let decode = |d: &dyn crate::models::Detector,
                       outs: &[Vec<Output>]|
          -> Result<Vec<Vec<Detection>>, OptimizeError> {
