@@ -352,6 +352,10 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                     for &k in kept.iter().filter(|&&k| k != u) {
                         trial.names.extend(keeps[k].iter().cloned());
                     }
+                    // Covered by the other kept units: nothing to try.
+                    if keeps[u].iter().all(|n| trial.names.contains(n)) {
+                        continue;
+                    }
                     let (tq, trep) =
                         qdq::quantize(&src, &ranges, &stats.channel_means, act, &trial)?;
                     let tfid = score(&tq, "mixed", &search, &fp32_search)?;
