@@ -444,26 +444,9 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                 fp32: names.0.clone(),
                 candidate: names.1.clone(),
             });
-            let mut pre_one = Preprocessor::new(pre.clone());
-            let image = calibrate::decode_image(frame).map_err(|reason| OptimizeError::Io {
-                path: frame.clone(),
-                reason,
-            })?;
-            let (tensor, t) = pre_one.run(image.pixels()).map_err(|e| OptimizeError::Io {
-                path: frame.clone(),
-                reason: e.to_string(),
-            })?;
             let det = crate::models::build_detector(&spec.manifest, fp32.io())?;
-            for (engine, name) in [(&mut fp32, &names.0), (&mut *cand, &names.1)] {
-                let dets = det.decode(&engine.run(&tensor)?, &t)?;
-                let path = scratch.path().join(name);
-                crate::sinks::video::write_jpeg(&image, &dets, &path).map_err(|e| {
-                    OptimizeError::Io {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    }
-                })?;
-            }
+            let drawn = [(&fp32_out[k][..], &*names.0), (&out[k][..], &*names.1)];
+            draw_comparison(frame, &pre, det.as_ref(), drawn, scratch.path())?;
         }
         let fid = fidelity::compare_with_identities(
             &fp32_out,
@@ -534,6 +517,31 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
         out: spec.out.clone(),
         artifact: art,
     })
+}
+
+/// Draws each model's boxes on one held-out frame, from the outputs already computed for it:
+/// only the transform back to source pixels is new, so the frame is preprocessed again for it.
+fn draw_comparison(
+    frame: &Path,
+    pre: &crate::preprocess::PreprocessSpec,
+    det: &dyn crate::models::Detector,
+    drawn: [(&[Output], &str); 2],
+    dir: &Path,
+) -> Result<(), OptimizeError> {
+    let io = |path: &Path, reason: String| OptimizeError::Io {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let image = calibrate::decode_image(frame).map_err(|e| io(frame, e))?;
+    let (_, t) = Preprocessor::new(pre.clone())
+        .run(image.pixels())
+        .map_err(|e| io(frame, e.to_string()))?;
+    for (outputs, name) in drawn {
+        let path = dir.join(name);
+        crate::sinks::video::write_jpeg(&image, &det.decode(outputs, &t)?, &path)
+            .map_err(|e| io(&path, e.to_string()))?;
+    }
+    Ok(())
 }
 
 pub fn ranges_of(stats: &HashMap<String, TensorStats>, method: Method) -> HashMap<String, Range> {

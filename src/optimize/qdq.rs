@@ -528,23 +528,22 @@ fn clip_bounds(
     producer: &HashMap<&str, usize>,
     n: &pb::NodeProto,
 ) -> (f32, f32) {
-    let scalar = |name: &str| scalar_constant(g, producer, name);
-    let attr = |a: &str| n.attribute.iter().find(|x| x.name() == a).and_then(|x| x.f);
-    let lo = n
-        .input
-        .get(1)
-        .filter(|s| !s.is_empty())
-        .and_then(|s| scalar(s))
-        .or_else(|| attr("min"))
-        .unwrap_or(f32::NEG_INFINITY);
-    let hi = n
-        .input
-        .get(2)
-        .filter(|s| !s.is_empty())
-        .and_then(|s| scalar(s))
-        .or_else(|| attr("max"))
-        .unwrap_or(f32::INFINITY);
-    (lo, hi)
+    let bound = |input: usize, attr: &str| {
+        n.input
+            .get(input)
+            .filter(|s| !s.is_empty())
+            .and_then(|s| scalar_constant(g, producer, s))
+            .or_else(|| {
+                n.attribute
+                    .iter()
+                    .find(|x| x.name() == attr)
+                    .and_then(|x| x.f)
+            })
+    };
+    (
+        bound(1, "min").unwrap_or(f32::NEG_INFINITY),
+        bound(2, "max").unwrap_or(f32::INFINITY),
+    )
 }
 
 /// A fused Clip's parameters: the calibrated range kept inside the clip bounds, with the
