@@ -208,6 +208,30 @@ fn silu_nodes(g: &pb::GraphProto) -> HashSet<usize> {
     out
 }
 
+/// Ops that pick elements (peaks, boxes kept by NMS, best classes): what follows them in a graph
+/// is post-processing.
+const SELECTS: &[&str] = &["TopK", "NonMaxSuppression", "ArgMax", "ArgMin", "NonZero"];
+
+/// The nodes that read, directly or not, the output of a selection op: box corners, scores
+/// and class ids after CenterNet's TopK, for one. They stay float whatever their op. In int8 a
+/// detector's `x + w` would snap box corners to a grid of ~2 pixels over 512, scores to 256
+/// levels (ties in the ranking) and class ids to ~0.3 steps; the tensors are a few hundred
+/// values, so no runtime would gain anything from integer kernels there.
+fn post_selection(g: &pb::GraphProto) -> HashSet<usize> {
+    let mut tainted: HashSet<&str> = HashSet::new();
+    let mut out = HashSet::new();
+    for (i, n) in g.node.iter().enumerate() {
+        let selects = SELECTS.contains(&n.op_type());
+        if selects || n.input.iter().any(|t| tainted.contains(t.as_str())) {
+            if !selects {
+                out.insert(i);
+            }
+            tainted.extend(n.output.iter().map(|o| o.as_str()));
+        }
+    }
+    out
+}
+
 /// The node that writes each tensor.
 fn producers(g: &pb::GraphProto) -> HashMap<&str, usize> {
     g.node
@@ -612,12 +636,16 @@ pub fn quantize(
     let mut report = QdqReport::default();
     // Which nodes run quantized.
     let silu = silu_nodes(g);
+    let post = post_selection(g);
     let active: Vec<bool> = g
         .node
         .iter()
         .enumerate()
         .map(|(i, n)| {
             let op = n.op_type();
+            if post.contains(&i) {
+                return false;
+            }
             if !n.domain().is_empty() && n.domain() != "ai.onnx" {
                 *report
                     .unknown_ops
@@ -671,6 +699,9 @@ pub fn quantize(
         .collect();
     let cpu = act == ActivationType::U8Asymmetric;
     for (i, n) in g.node.iter().enumerate() {
+        if post.contains(&i) {
+            continue;
+        }
         let op = n.op_type();
         let other_of_scalar = || -> Option<(&str, f32)> {
             if n.input.len() != 2 {
@@ -1459,6 +1490,82 @@ mod tests {
         assert!(quantized_out("s") && quantized_out("m"), "SiLU in int8");
         assert!(!rep.quantized_compute.contains(&"scale".to_string()));
         assert!(rep.quantized_compute.contains(&"silu".to_string()));
+    }
+
+    /// A detector's decoding after TopK (CenterNet's: corner = cell * stride + offset, then a
+    /// concat of corners, scores and class ids) stays float even though Add, Mul and Concat
+    /// are int8 elsewhere; the convolution before it does not.
+    #[test]
+    fn post_processing_after_a_selection_stays_float() {
+        let model = model_of(
+            vec![
+                onnx::node("Conv", "head", &["x", "w1"], &["a"], vec![]),
+                onnx::node("Flatten", "flat", &["a"], &["af"], vec![]),
+                onnx::node("TopK", "peaks", &["af", "k"], &["score", "idx"], vec![]),
+                onnx::node(
+                    "Cast",
+                    "cell",
+                    &["idx"],
+                    &["cellf"],
+                    vec![onnx::attr_int("to", 1)],
+                ),
+                onnx::node("Mul", "stride", &["cellf", "four"], &["px"], vec![]),
+                onnx::node("Add", "corner", &["px", "score"], &["c"], vec![]),
+                onnx::node("Add", "sum", &["c", "px"], &["c2"], vec![]),
+                onnx::node(
+                    "Concat",
+                    "rows",
+                    &["c2", "score"],
+                    &["out"],
+                    vec![onnx::attr_int("axis", 1)],
+                ),
+            ],
+            vec![
+                weights("w1", &[4, 3, 1, 1]),
+                onnx::tensor_raw("k", DataType::Int64, &[1], 3i64.to_le_bytes().to_vec()),
+                onnx::tensor_from_f32("four", &[], &[4.0]),
+            ],
+        );
+        let ranges: HashMap<String, Range> = calibration_tensors(&model)
+            .into_iter()
+            .map(|t| (t, Range { lo: -1.0, hi: 60.0 }))
+            .collect();
+        assert!(ranges.contains_key("c") && ranges.contains_key("px"));
+        for act in [ActivationType::U8Asymmetric, ActivationType::I8Symmetric] {
+            let (q, rep) = quantize(
+                &model,
+                &ranges,
+                &HashMap::new(),
+                act,
+                &Exclusions::default(),
+            )
+            .unwrap();
+            let g = q.graph();
+            let requantized: Vec<&str> = g
+                .node
+                .iter()
+                .filter(|n| n.op_type() == "QuantizeLinear")
+                .map(|n| n.input[0].as_str())
+                .collect();
+            // The heatmap before TopK is an activation like any other.
+            assert!(requantized.contains(&"x") && requantized.contains(&"a"));
+            for t in ["score", "cellf", "px", "c", "c2"] {
+                assert!(!requantized.contains(&t), "{act:?}: {t} rounded");
+            }
+            for name in ["stride", "corner", "sum", "rows"] {
+                let n = g.node.iter().find(|n| n.name() == name).unwrap();
+                assert!(
+                    n.input.iter().all(|t| !t.ends_with("__dq")),
+                    "{act:?}: {name} reads {:?}",
+                    n.input
+                );
+                assert!(!rep.quantized_compute.contains(&name.to_string()));
+            }
+            assert!(
+                rep.quantized_layers.contains(&"head".to_string()),
+                "{act:?}"
+            );
+        }
     }
 
     /// Small weights in steps of 0.1 around 0 (-0.3 for a one-element tensor).
