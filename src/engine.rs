@@ -166,16 +166,36 @@ fn info_of(name: &str, ty: &ValueType) -> TensorInfo {
 impl Engine {
     /// Opens a model file. Errors name the file: missing, not ONNX, provider unavailable.
     pub fn load(path: &Path, cfg: &EngineConfig) -> Result<Self, EngineError> {
+        Self::load_with(path, cfg, None)
+    }
+
+    /// Opens a model with ONNX Runtime's profiler on: every kernel's time goes to a JSON trace
+    /// named after `trace_prefix`, which [`Engine::end_profiling`] closes. For breakdowns
+    /// (`optimize`'s report), not for timing: the profiler adds its own cost to each run.
+    pub fn load_profiled(
+        path: &Path,
+        cfg: &EngineConfig,
+        trace_prefix: &Path,
+    ) -> Result<Self, EngineError> {
+        Self::load_with(path, cfg, Some(trace_prefix))
+    }
+
+    fn load_with(
+        path: &Path,
+        cfg: &EngineConfig,
+        trace_prefix: Option<&Path>,
+    ) -> Result<Self, EngineError> {
         if !path.is_file() {
             return Err(EngineError::NotFound(path.to_path_buf()));
         }
         let env = runtime()?;
-        match Self::build(env, path, cfg, cfg.provider) {
+        let build = |provider| Self::build(env, path, cfg, provider, trace_prefix);
+        match build(cfg.provider) {
             Err(EngineError::Provider { provider, reason })
                 if cfg.fallback_to_cpu && cfg.provider != Provider::Cpu =>
             {
                 tracing::warn!(%provider, %reason, "execution provider unavailable; falling back to CPU");
-                Self::build(env, path, cfg, Provider::Cpu)
+                build(Provider::Cpu)
             }
             other => other,
         }
@@ -186,6 +206,7 @@ impl Engine {
         path: &Path,
         cfg: &EngineConfig,
         provider: Provider,
+        trace_prefix: Option<&Path>,
     ) -> Result<Self, EngineError> {
         let invalid = |reason: String| EngineError::Invalid {
             path: path.to_path_buf(),
@@ -198,6 +219,11 @@ impl Engine {
         builder = builder
             .with_intra_op_spinning(cfg.spin)
             .map_err(|e| invalid(e.to_string()))?;
+        if let Some(prefix) = trace_prefix {
+            builder = builder
+                .with_profiling(prefix)
+                .map_err(|e| invalid(e.to_string()))?;
+        }
         if cfg.threads > 0 {
             builder = builder
                 .with_intra_threads(cfg.threads)
@@ -249,6 +275,17 @@ impl Engine {
             io,
             provider,
         })
+    }
+
+    /// Closes the profiler's trace (see [`Engine::load_profiled`]) and returns its path.
+    pub fn end_profiling(&mut self) -> Result<PathBuf, EngineError> {
+        self.session
+            .end_profiling()
+            .map(PathBuf::from)
+            .map_err(|e| EngineError::Run {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })
     }
 
     pub fn io(&self) -> &ModelIo {

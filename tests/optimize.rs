@@ -57,11 +57,49 @@ fn int8_mobilefacenet_stays_close_to_fp32() {
         "report.md",
         "latency.svg",
         "layer-error.svg",
+        "kernels.svg",
     ] {
         assert!(out.join(f).is_file(), "{f} in the artifact");
     }
     let a = artifact(&out);
     assert_eq!(a["precision"].as_str(), Some("int8"));
+    // Where the time goes, from ONNX Runtime's profiler: float convolutions in FP32, integer
+    // ones in INT8, and the profiler's traces cleaned away.
+    let kernels = |f: &toml::Value| -> Vec<(String, f64)> {
+        f["kernels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                let op = k["op"].as_str().unwrap().to_string();
+                (op, k["ms"].as_float().unwrap())
+            })
+            .collect()
+    };
+    let fp32_k = kernels(&a["figures"].as_array().unwrap()[0]);
+    let int8_k = kernels(&int8_figures(&a));
+    let ms = |k: &[(String, f64)], op: &str| {
+        k.iter()
+            .find(|(o, _)| o == op)
+            .map(|(_, ms)| *ms)
+            .unwrap_or(0.0)
+    };
+    assert!(
+        ms(&fp32_k, "Conv") > 0.0 && ms(&fp32_k, "QLinearConv") == 0.0,
+        "{fp32_k:?}"
+    );
+    // One Conv stays float in the runtime: the last, whose output (the embedding) gets no Q.
+    assert!(
+        ms(&int8_k, "QLinearConv") > 10.0 * ms(&int8_k, "Conv"),
+        "{int8_k:?}"
+    );
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("## Where the time goes") && report.contains("| QLinearConv | – |"));
+    assert!(!std::fs::read_dir(&out).unwrap().any(|e| e
+        .unwrap()
+        .path()
+        .extension()
+        .is_some_and(|x| x == "json")));
     assert!(
         a.get("comparison").is_none(),
         "no boxes to compare for an embedder"

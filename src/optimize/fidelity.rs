@@ -167,6 +167,72 @@ pub fn best_batch(
     Ok(best)
 }
 
+/// Mean kernel time of one op type per run, as ONNX Runtime's profiler saw it: the op names
+/// are the runtime's own after its graph rewrites (QLinearConv, ReorderInput, ...).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OpTime {
+    pub op: String,
+    pub ms: f64,
+}
+
+/// Where a model's time goes: `runs` batch-1 runs of a model opened with
+/// [`Engine::load_profiled`], summed by op type, slowest first. The trace is deleted once read.
+pub fn kernel_times(
+    engine: &mut Engine,
+    input: &Tensor,
+    runs: usize,
+) -> Result<Vec<OpTime>, EngineError> {
+    // The first run allocates and packs weights: it is left out of the sums.
+    for _ in 0..runs.max(1) + 1 {
+        engine.run(input)?;
+    }
+    let trace = engine.end_profiling()?;
+    let read = std::fs::read_to_string(&trace);
+    let _ = std::fs::remove_file(&trace);
+    let bad = |reason: String| EngineError::Run {
+        path: trace.clone(),
+        reason: format!("profiler trace: {reason}"),
+    };
+    kernel_times_from_trace(&read.map_err(|e| bad(e.to_string()))?).map_err(bad)
+}
+
+/// Sums ONNX Runtime's `*_kernel_time` events by op over every `model_run` but the first, per
+/// run.
+pub fn kernel_times_from_trace(json: &str) -> Result<Vec<OpTime>, String> {
+    let events: Vec<serde_json::Value> = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let num = |e: &serde_json::Value, k: &str| e.get(k).and_then(|v| v.as_f64());
+    let mut starts: Vec<f64> = events
+        .iter()
+        .filter(|e| e.get("name").and_then(|v| v.as_str()) == Some("model_run"))
+        .filter_map(|e| num(e, "ts"))
+        .collect();
+    starts.sort_by(f64::total_cmp);
+    if starts.len() < 2 {
+        return Err(format!("{} model runs, want at least 2", starts.len()));
+    }
+    let from = starts[1];
+    let runs = (starts.len() - 1) as f64;
+    let mut by_op: BTreeMap<String, f64> = BTreeMap::new();
+    for e in &events {
+        let kernel = e.get("cat").and_then(|v| v.as_str()) == Some("Node")
+            && e.get("name")
+                .and_then(|v| v.as_str())
+                .is_some_and(|n| n.ends_with("_kernel_time"));
+        let op = e.pointer("/args/op_name").and_then(|v| v.as_str());
+        if let (true, Some(op), Some(ts), Some(dur)) = (kernel, op, num(e, "ts"), num(e, "dur")) {
+            if ts >= from {
+                *by_op.entry(op.to_string()).or_default() += dur / 1000.0 / runs;
+            }
+        }
+    }
+    let mut v: Vec<OpTime> = by_op
+        .into_iter()
+        .map(|(op, ms)| OpTime { op, ms })
+        .collect();
+    v.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    Ok(v)
+}
+
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let (mut ab, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
     for (&x, &y) in a.iter().zip(b) {
@@ -453,6 +519,32 @@ mod tests {
             },
             keypoints: Vec::new(),
         }
+    }
+
+    /// A trace as ONNX Runtime writes it: the first run is warm-up, fences and session events
+    /// are not kernels.
+    #[test]
+    fn kernel_times_skip_the_first_run() {
+        let trace = r#"[
+          {"cat":"Session","name":"session_initialization","ts":0,"dur":900},
+          {"cat":"Session","name":"model_run","ts":1000,"dur":500},
+          {"cat":"Node","name":"conv_kernel_time","ts":1010,"dur":400,"args":{"op_name":"Conv"}},
+          {"cat":"Session","name":"model_run","ts":2000,"dur":300},
+          {"cat":"Node","name":"conv_fence_before","ts":2001,"dur":5,"args":{"op_name":"Conv"}},
+          {"cat":"Node","name":"conv_kernel_time","ts":2010,"dur":200,"args":{"op_name":"Conv"}},
+          {"cat":"Node","name":"t_kernel_time","ts":2210,"dur":50,"args":{"op_name":"Transpose"}},
+          {"cat":"Session","name":"model_run","ts":3000,"dur":300},
+          {"cat":"Node","name":"conv_kernel_time","ts":3010,"dur":100,"args":{"op_name":"Conv"}},
+          {"cat":"Node","name":"t_kernel_time","ts":3110,"dur":50,"args":{"op_name":"Transpose"}}
+        ]"#;
+        let v = kernel_times_from_trace(trace).unwrap();
+        let ms: Vec<(&str, f64)> = v
+            .iter()
+            .map(|o| (o.op.as_str(), (o.ms * 1e6).round() / 1e6))
+            .collect();
+        assert_eq!(ms, [("Conv", 0.15), ("Transpose", 0.05)]);
+        assert!(kernel_times_from_trace("[]").is_err());
+        assert!(kernel_times_from_trace("not json").is_err());
     }
 
     #[test]

@@ -113,6 +113,9 @@ pub struct Figures {
     /// The batch with the lowest per-image latency, and that latency (dynamic-batch models).
     pub best_batch: Option<(usize, Percentiles)>,
     pub size_bytes: u64,
+    /// Kernel time per op type and run, from ONNX Runtime's profiler: where the time goes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernels: Vec<fidelity::OpTime>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -133,6 +136,8 @@ pub struct Outcome {
     pub artifact: artifact::Artifact,
 }
 
+/// Runs summed for the kernel-time breakdown.
+const PROFILED_RUNS: usize = 10;
 /// Calibration images the accuracy search judges the mixed-precision candidates on.
 const SEARCH_IMAGES: usize = 40;
 /// The first of those, for the one-layer-at-a-time sensitivity runs (one per node).
@@ -422,6 +427,7 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
         latency_b1: fp32_lat,
         best_batch: fp32_batch,
         size_bytes: fp32_size,
+        kernels: Vec::new(),
     });
     let mut comparison = None;
     if let (Some(cand), Some(lat)) = (cand.as_mut(), cand_lat) {
@@ -462,7 +468,18 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
             latency_b1: lat,
             best_batch: batch,
             size_bytes: std::fs::metadata(&model_path).map(|m| m.len()).unwrap_or(0),
+            kernels: Vec::new(),
         });
+    }
+    // Profiled in sessions of their own, after the timing: the profiler slows every kernel.
+    drop(cand);
+    drop(fp32);
+    for (f, path) in figures
+        .iter_mut()
+        .zip([spec.manifest.file.as_path(), model_path.as_path()])
+    {
+        let mut e = Engine::load_profiled(path, &cpu, &scratch.path().join("trace"))?;
+        f.kernels = fidelity::kernel_times(&mut e, &held[0], PROFILED_RUNS)?;
     }
 
     let tensorrt = if spec.target == Target::Tensorrt {

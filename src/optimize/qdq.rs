@@ -1289,19 +1289,11 @@ mod tests {
             ],
             vec![weights("w1", &[4, 3, 1, 1]), weights("w2", &[4, 4, 1, 1])],
         );
-        let ranges: HashMap<String, Range> = calibration_tensors(&model)
-            .into_iter()
-            .map(|t| (t, Range { lo: -1.0, hi: 2.0 }))
-            .collect();
-        let act = ActivationType::U8Asymmetric;
-        let (q, rep) = quantize(
+        let (q, rep) = quantize_in(
             &model,
-            &ranges,
-            &HashMap::new(),
-            act,
-            &Exclusions::default(),
-        )
-        .unwrap();
+            Range { lo: -1.0, hi: 2.0 },
+            ActivationType::U8Asymmetric,
+        );
         assert!(
             rep.quantized_tensors.contains(&"b".to_string()),
             "{:?}",
@@ -1526,20 +1518,10 @@ mod tests {
                 onnx::tensor_from_f32("four", &[], &[4.0]),
             ],
         );
-        let ranges: HashMap<String, Range> = calibration_tensors(&model)
-            .into_iter()
-            .map(|t| (t, Range { lo: -1.0, hi: 60.0 }))
-            .collect();
-        assert!(ranges.contains_key("c") && ranges.contains_key("px"));
+        let tensors = calibration_tensors(&model);
+        assert!(tensors.contains(&"c".into()) && tensors.contains(&"px".into()));
         for act in [ActivationType::U8Asymmetric, ActivationType::I8Symmetric] {
-            let (q, rep) = quantize(
-                &model,
-                &ranges,
-                &HashMap::new(),
-                act,
-                &Exclusions::default(),
-            )
-            .unwrap();
+            let (q, rep) = quantize_in(&model, Range { lo: -1.0, hi: 60.0 }, act);
             let g = q.graph();
             let requantized: Vec<&str> = g
                 .node
@@ -1566,6 +1548,15 @@ mod tests {
                 "{act:?}"
             );
         }
+    }
+
+    /// Quantizes with every calibrated tensor in one range, no exclusion, no bias correction.
+    fn quantize_in(model: &Model, range: Range, act: ActivationType) -> (Model, QdqReport) {
+        let ranges: HashMap<String, Range> = calibration_tensors(model)
+            .into_iter()
+            .map(|t| (t, range.clone()))
+            .collect();
+        quantize(model, &ranges, &HashMap::new(), act, &Exclusions::default()).unwrap()
     }
 
     /// Small weights in steps of 0.1 around 0 (-0.3 for a one-element tensor).

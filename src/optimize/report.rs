@@ -11,6 +11,7 @@ use super::OptimizeError;
 pub const LATENCY_SVG: &str = "latency.svg";
 pub const SENSITIVITY_SVG: &str = "sensitivity.svg";
 pub const LAYER_ERROR_SVG: &str = "layer-error.svg";
+pub const KERNELS_SVG: &str = "kernels.svg";
 
 pub fn write(a: &Artifact, dir: &Path) -> Result<(), OptimizeError> {
     let io_err = |e: String| OptimizeError::Io {
@@ -18,6 +19,9 @@ pub fn write(a: &Artifact, dir: &Path) -> Result<(), OptimizeError> {
         reason: e,
     };
     latency_plot(a, &dir.join(LATENCY_SVG)).map_err(io_err)?;
+    if a.figures.iter().any(|f| !f.kernels.is_empty()) {
+        kernel_plot(a, &dir.join(KERNELS_SVG)).map_err(io_err)?;
+    }
     if !a.sensitivity.is_empty() {
         layer_plot(
             a,
@@ -142,6 +146,7 @@ pub fn markdown(a: &Artifact) -> String {
             x.map50.unwrap_or(0.0)
         );
     }
+    kernel_section(&mut s, a);
     if let Some(c) = &a.comparison {
         let p = a.precision;
         let _ = writeln!(
@@ -219,6 +224,207 @@ pub fn markdown(a: &Artifact) -> String {
     s
 }
 
+/// What an op the runtime ran does, for the breakdown plot: int8 kernels (QLinearConv) sit
+/// with their float counterparts (Conv), so the bars compare like with like.
+fn kernel_kind(op: &str) -> &'static str {
+    const LAYOUT: &[&str] = &[
+        "Transpose",
+        "ReorderInput",
+        "ReorderOutput",
+        "Reshape",
+        "Flatten",
+        "Squeeze",
+        "Unsqueeze",
+        "Concat",
+        "Slice",
+        "Split",
+        "Gather",
+        "Pad",
+        "Cast",
+        "Expand",
+        "Tile",
+        "Identity",
+    ];
+    const ELEMENTWISE: &[&str] = &[
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Relu",
+        "Clip",
+        "Sigmoid",
+        "HardSigmoid",
+        "HardSwish",
+        "LeakyRelu",
+        "PRelu",
+        "Tanh",
+        "Erf",
+        "Gelu",
+        "Exp",
+        "Sqrt",
+        "Pow",
+        "Equal",
+        "Where",
+        "Max",
+        "Min",
+        "Abs",
+        "Neg",
+    ];
+    let base = op.strip_prefix("QLinear").unwrap_or(op);
+    if base.contains("Conv") {
+        "convolution"
+    } else if base.contains("MatMul") || base.contains("Gemm") {
+        "matrix multiply"
+    } else if base.ends_with("QuantizeLinear") {
+        "quantize / dequantize"
+    } else if LAYOUT.contains(&base) {
+        "layout and copies"
+    } else if ELEMENTWISE.contains(&base) {
+        "element-wise"
+    } else {
+        "other (pooling, resize, TopK, ...)"
+    }
+}
+
+const KERNEL_KINDS: &[&str] = &[
+    "convolution",
+    "matrix multiply",
+    "element-wise",
+    "layout and copies",
+    "quantize / dequantize",
+    "other (pooling, resize, TopK, ...)",
+];
+
+/// Kernel time by kind, in [`KERNEL_KINDS`] order.
+fn by_kind(kernels: &[super::fidelity::OpTime]) -> Vec<f64> {
+    KERNEL_KINDS
+        .iter()
+        .map(|k| {
+            kernels
+                .iter()
+                .filter(|o| kernel_kind(&o.op) == *k)
+                .map(|o| o.ms)
+                .sum()
+        })
+        .collect()
+}
+
+fn kernel_section(s: &mut String, a: &Artifact) {
+    let profiled: Vec<_> = a.figures.iter().filter(|f| !f.kernels.is_empty()).collect();
+    if profiled.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "## Where the time goes\n\nKernel time per batch-1 run, by the op types ONNX Runtime \
+         ran after its own graph rewrites (its profiler, in sessions apart from the timing \
+         above, which it slows a little). Where the speed-up is smaller than the \
+         convolutions' own, the rest of the graph is why: layout changes, element-wise ops, \
+         quantize/dequantize passes and post-processing.\n\n![kernels]({KERNELS_SVG})\n"
+    );
+    let _ = write!(s, "| op |");
+    for f in &profiled {
+        let _ = write!(s, " {} ms |", f.precision);
+    }
+    let _ = writeln!(s, "\n|---|{}", "---|".repeat(profiled.len()));
+    // Ops in order of their largest time in any precision; the small ones summed.
+    let mut ops: Vec<(&str, f64)> = Vec::new();
+    for f in &profiled {
+        for o in &f.kernels {
+            match ops.iter_mut().find(|(n, _)| *n == o.op) {
+                Some(e) => e.1 = e.1.max(o.ms),
+                None => ops.push((&o.op, o.ms)),
+            }
+        }
+    }
+    ops.sort_by(|x, y| y.1.total_cmp(&x.1));
+    const ROWS: usize = 14;
+    let cell = |f: &super::Figures, op: &str| {
+        f.kernels
+            .iter()
+            .find(|o| o.op == op)
+            .map(|o| format!("{:.2}", o.ms))
+            .unwrap_or("–".into())
+    };
+    for (op, _) in ops.iter().take(ROWS) {
+        let _ = write!(s, "| {op} |");
+        for f in &profiled {
+            let _ = write!(s, " {} |", cell(f, op));
+        }
+        let _ = writeln!(s);
+    }
+    if ops.len() > ROWS {
+        let shown: Vec<&str> = ops.iter().take(ROWS).map(|(o, _)| *o).collect();
+        let _ = write!(s, "| all other ops |");
+        for f in &profiled {
+            let rest: f64 = f
+                .kernels
+                .iter()
+                .filter(|o| !shown.contains(&o.op.as_str()))
+                .map(|o| o.ms)
+                .sum();
+            let _ = write!(s, " {rest:.2} |");
+        }
+        let _ = writeln!(s);
+    }
+    let _ = write!(s, "| **total** |");
+    for f in &profiled {
+        let _ = write!(
+            s,
+            " **{:.2}** |",
+            f.kernels.iter().map(|o| o.ms).sum::<f64>()
+        );
+    }
+    let _ = writeln!(s, "\n");
+}
+
+/// One stacked bar per precision: kernel time by kind.
+fn kernel_plot(a: &Artifact, path: &Path) -> Result<(), String> {
+    let root = SVGBackend::new(path, (720, 400)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let bars: Vec<(String, Vec<f64>)> = a
+        .figures
+        .iter()
+        .filter(|f| !f.kernels.is_empty())
+        .map(|f| (f.precision.clone(), by_kind(&f.kernels)))
+        .collect();
+    let max = bars
+        .iter()
+        .map(|(_, v)| v.iter().sum::<f64>())
+        .fold(0.0f64, f64::max)
+        .max(1e-3)
+        // Headroom for the legend above the bars.
+        * 1.6;
+    let names: Vec<String> = bars.iter().map(|(p, _)| p.clone()).collect();
+    let caption = format!("{}: kernel time per run, by kind", a.model.name);
+    let mut chart = bar_chart(&root, &caption, &names, max)?;
+    for (k, kind) in KERNEL_KINDS.iter().enumerate() {
+        let color = Palette99::pick(k).mix(0.8);
+        chart
+            .draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
+                let below: f64 = v[..k].iter().sum();
+                Rectangle::new(
+                    [
+                        (SegmentValue::Exact(i), below),
+                        (SegmentValue::Exact(i + 1), below + v[k]),
+                    ],
+                    color.filled(),
+                )
+            }))
+            .map_err(|e| e.to_string())?
+            .label(*kind)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
+}
+
 fn latency_plot(a: &Artifact, path: &Path) -> Result<(), String> {
     let root = SVGBackend::new(path, (640, 360)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
@@ -229,31 +435,12 @@ fn latency_plot(a: &Artifact, path: &Path) -> Result<(), String> {
         .fold(0.0f64, f64::max)
         .max(1e-3)
         * 1.15;
-    let n = a.figures.len();
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!(
-                "{}: batch-1 latency on CPU (p50 bar, p95 tick)",
-                a.model.name
-            ),
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(30)
-        .y_label_area_size(50)
-        .build_cartesian_2d((0..n).into_segmented(), 0.0..max)
-        .map_err(|e| e.to_string())?;
     let names: Vec<String> = a.figures.iter().map(|f| f.precision.clone()).collect();
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .y_desc("ms")
-        .x_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
-            _ => String::new(),
-        })
-        .draw()
-        .map_err(|e| e.to_string())?;
+    let caption = format!(
+        "{}: batch-1 latency on CPU (p50 bar, p95 tick)",
+        a.model.name
+    );
+    let mut chart = bar_chart(&root, &caption, &names, max)?;
     chart
         .draw_series(a.figures.iter().enumerate().map(|(i, f)| {
             let color = if i == 0 {
@@ -282,6 +469,44 @@ fn latency_plot(a: &Artifact, path: &Path) -> Result<(), String> {
         }))
         .map_err(|e| e.to_string())?;
     root.present().map_err(|e| e.to_string())
+}
+
+type BarChart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<
+        plotters::coord::ranged1d::SegmentedCoord<plotters::coord::types::RangedCoordusize>,
+        plotters::coord::types::RangedCoordf64,
+    >,
+>;
+
+/// A chart of one bar per name, in ms from 0 to `max`, its mesh drawn.
+fn bar_chart<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    caption: &str,
+    names: &[String],
+    max: f64,
+) -> Result<BarChart<'a, 'b>, String> {
+    // A segmented range holds one segment per value, its end included.
+    let last = names.len().saturating_sub(1);
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d((0..last).into_segmented(), 0.0..max)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .y_desc("ms")
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
+        .draw()
+        .map_err(|e| e.to_string())?;
+    Ok(chart)
 }
 
 fn layer_plot(
