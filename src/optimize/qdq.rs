@@ -1554,7 +1554,7 @@ mod tests {
     fn quantize_in(model: &Model, range: Range, act: ActivationType) -> (Model, QdqReport) {
         let ranges: HashMap<String, Range> = calibration_tensors(model)
             .into_iter()
-            .map(|t| (t, range.clone()))
+            .map(|t| (t, range))
             .collect();
         quantize(model, &ranges, &HashMap::new(), act, &Exclusions::default()).unwrap()
     }
