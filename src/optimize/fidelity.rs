@@ -62,7 +62,7 @@ pub fn latency(
     input: &Tensor,
     runs: usize,
 ) -> Result<Percentiles, EngineError> {
-    Ok(latency_pair(engine, None, input, runs)?.0)
+    Ok(latency_interleaved(&mut [engine], input, runs)?[0])
 }
 
 /// Per-layer output error: the cosine between each named tensor in the reference and in the
@@ -111,34 +111,27 @@ pub fn layer_errors(
         .collect())
 }
 
-/// Batch-1 latency of a reference and (optionally) a candidate, timed alternately.
-pub fn latency_pair(
-    reference: &mut Engine,
-    mut candidate: Option<&mut Engine>,
+/// Batch-1 latency of several engines, timed in turn, run for run, after two warm-up runs
+/// each: drift in the machine's speed then hits every figure alike.
+pub fn latency_interleaved(
+    engines: &mut [&mut Engine],
     input: &Tensor,
     runs: usize,
-) -> Result<(Percentiles, Option<Percentiles>), EngineError> {
+) -> Result<Vec<Percentiles>, EngineError> {
     for _ in 0..2 {
-        reference.run(input)?;
-        if let Some(c) = candidate.as_deref_mut() {
-            c.run(input)?;
+        for e in engines.iter_mut() {
+            e.run(input)?;
         }
     }
-    let (mut a, mut b) = (Latency::default(), Latency::default());
+    let mut lat: Vec<Latency> = engines.iter().map(|_| Latency::default()).collect();
     for _ in 0..runs.max(1) {
-        let t0 = Instant::now();
-        reference.run(input)?;
-        a.record(t0.elapsed());
-        if let Some(c) = candidate.as_deref_mut() {
+        for (e, l) in engines.iter_mut().zip(&mut lat) {
             let t0 = Instant::now();
-            c.run(input)?;
-            b.record(t0.elapsed());
+            e.run(input)?;
+            l.record(t0.elapsed());
         }
     }
-    Ok((
-        a.percentiles(),
-        candidate.is_some().then(|| b.percentiles()),
-    ))
+    Ok(lat.iter().map(|l| l.percentiles()).collect())
 }
 
 /// The batch size with the lowest per-image p50 latency among 2, 4 and 8, for models whose

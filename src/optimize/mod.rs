@@ -210,6 +210,8 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
     let mut layer_error = Vec::new();
     let mut excluded: Vec<String> = Vec::new();
     let mut qreport = None;
+    // The fully quantized model, when the accuracy search moved units back to float.
+    let mut plain: Option<Model> = None;
     let candidate: Model = match spec.precision {
         Precision::Fp32 => src.clone(),
         Precision::Fp16 => fp16::convert(&src, &fp16::Fp16Options::default())?.0,
@@ -252,6 +254,7 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
             let mut exclude = spec.exclude.clone();
             let (mut q, mut rep) =
                 qdq::quantize(&src, &ranges, &stats.channel_means, act, &exclude)?;
+            let every_layer = q.clone();
             if let Some(target_fid) = spec.keep_accuracy {
                 // The search judges on calibration images, never on the held-out frames the
                 // report measures: a choice made on those frames would flatter its own figure.
@@ -268,8 +271,13 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                 let probe: Vec<Tensor> = search.iter().take(SENSITIVITY_IMAGES).cloned().collect();
                 let fp32_probe = fidelity::outputs_of(&mut fp32, &probe)?;
                 let fp32_search = fidelity::outputs_of(&mut fp32, &search)?;
+                // Candidates are written apart from the artifact's folder, and gone with it.
+                let trials = tempfile::tempdir().map_err(|e| OptimizeError::Io {
+                    path: std::env::temp_dir(),
+                    reason: e.to_string(),
+                })?;
                 let score = |m: &Model, tag: &str, inputs: &[Tensor], reference: &[Vec<Output>]| {
-                    let p = scratch.path().join(format!("{tag}.onnx"));
+                    let p = trials.path().join(format!("{tag}.onnx"));
                     m.save(&p)?;
                     let mut e = Engine::load(&p, &cpu)?;
                     let out = fidelity::outputs_of(&mut e, inputs)?;
@@ -371,6 +379,10 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                         (q, rep, fid) = (tq, trep, tfid);
                     }
                 }
+                // The report shows what the kept units bought, on the held-out frames.
+                if !kept.is_empty() {
+                    plain = Some(every_layer);
+                }
                 if fid < target_fid {
                     tracing::warn!(
                         fidelity = fid,
@@ -407,32 +419,71 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
 
     let model_path = scratch.path().join("model.onnx");
     candidate.save(&model_path)?;
-    let mut figures = Vec::new();
-    let fp32_size = std::fs::metadata(&spec.manifest.file)
-        .map(|m| m.len())
-        .unwrap_or(0);
-    // Load the candidate now so both are timed side by side, run for run: drift in the
-    // machine's speed then hits both figures alike.
-    let mut cand = match spec.precision {
-        Precision::Fp32 => None,
-        _ => Some(Engine::load(&model_path, &cpu)?),
+    // Measured but not part of the artifact: it lives in a folder of its own.
+    let plain_dir = tempfile::tempdir().map_err(|e| OptimizeError::Io {
+        path: std::env::temp_dir(),
+        reason: e.to_string(),
+    })?;
+    let plain_path = plain_dir.path().join("every-layer.onnx");
+    if let Some(m) = &plain {
+        m.save(&plain_path)?;
+    }
+    // (label, model file) of each precision measured, FP32 first.
+    let mut measured: Vec<(String, &Path)> = vec![("fp32".into(), spec.manifest.file.as_path())];
+    if plain.is_some() {
+        measured.push((
+            format!("{} (every layer)", spec.precision),
+            plain_path.as_path(),
+        ));
+    }
+    if spec.precision != Precision::Fp32 {
+        measured.push((spec.precision.to_string(), model_path.as_path()));
+    }
+    let mut others: Vec<Engine> = measured[1..]
+        .iter()
+        .map(|(_, p)| Engine::load(p, &cpu))
+        .collect::<Result<_, _>>()?;
+    // All are timed in turn, run for run: drift in the machine's speed then hits every figure
+    // alike.
+    let latencies = {
+        let mut all: Vec<&mut Engine> = vec![&mut fp32];
+        all.extend(others.iter_mut());
+        fidelity::latency_interleaved(&mut all, &held[0], spec.bench_runs)?
     };
-    let (fp32_lat, cand_lat) =
-        fidelity::latency_pair(&mut fp32, cand.as_mut(), &held[0], spec.bench_runs)?;
-    let fp32_batch = fidelity::best_batch(&mut fp32, &held[0], spec.bench_runs)?;
     let fp32_out = fidelity::outputs_of(&mut fp32, &held)?;
-    figures.push(Figures {
+    let mut figures = vec![Figures {
         precision: "fp32".into(),
         fidelity: None,
-        latency_b1: fp32_lat,
-        best_batch: fp32_batch,
-        size_bytes: fp32_size,
+        latency_b1: latencies[0],
+        best_batch: fidelity::best_batch(&mut fp32, &held[0], spec.bench_runs)?,
+        size_bytes: std::fs::metadata(&spec.manifest.file)
+            .map(|m| m.len())
+            .unwrap_or(0),
         kernels: Vec::new(),
-    });
+    }];
     let mut comparison = None;
-    if let (Some(cand), Some(lat)) = (cand.as_mut(), cand_lat) {
-        let batch = fidelity::best_batch(cand, &held[0], spec.bench_runs)?;
-        let out = fidelity::outputs_of(cand, &held)?;
+    for (k, e) in others.iter_mut().enumerate() {
+        let (label, path) = &measured[k + 1];
+        let out = fidelity::outputs_of(e, &held)?;
+        let fid = fidelity::compare_with_identities(
+            &fp32_out,
+            &out,
+            spec.manifest.family,
+            &spec.manifest,
+            fp32.io(),
+            identities.as_deref(),
+        )?;
+        figures.push(Figures {
+            precision: label.clone(),
+            fidelity: Some(fid),
+            latency_b1: latencies[k + 1],
+            best_batch: fidelity::best_batch(e, &held[0], spec.bench_runs)?,
+            size_bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+            kernels: Vec::new(),
+        });
+        if *path != model_path.as_path() {
+            continue;
+        }
         // Held-out tensors and images line up only when none was skipped.
         let aligned = held.len() == heldout_set.images.len();
         if let Some((k, n)) =
@@ -454,31 +505,12 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
             let drawn = [(&fp32_out[k][..], &*names.0), (&out[k][..], &*names.1)];
             draw_comparison(frame, &pre, det.as_ref(), drawn, scratch.path())?;
         }
-        let fid = fidelity::compare_with_identities(
-            &fp32_out,
-            &out,
-            spec.manifest.family,
-            &spec.manifest,
-            fp32.io(),
-            identities.as_deref(),
-        )?;
-        figures.push(Figures {
-            precision: spec.precision.to_string(),
-            fidelity: Some(fid),
-            latency_b1: lat,
-            best_batch: batch,
-            size_bytes: std::fs::metadata(&model_path).map(|m| m.len()).unwrap_or(0),
-            kernels: Vec::new(),
-        });
     }
     // Profiled in sessions of their own, after the timing: the profiler slows every kernel.
     // The breakdown only explains the figures above, so a failure costs it alone.
-    drop(cand);
+    drop(others);
     drop(fp32);
-    for (f, path) in figures
-        .iter_mut()
-        .zip([spec.manifest.file.as_path(), model_path.as_path()])
-    {
+    for (f, (_, path)) in figures.iter_mut().zip(&measured) {
         let profiled = tempfile::tempdir()
             .map_err(|e| e.to_string())
             .and_then(|traces| {
