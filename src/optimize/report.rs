@@ -317,10 +317,12 @@ fn kernel_section(s: &mut String, a: &Artifact) {
     let _ = writeln!(
         s,
         "## Where the time goes\n\nKernel time per batch-1 run, by the op types ONNX Runtime \
-         ran after its own graph rewrites (its profiler, in sessions apart from the timing \
-         above, which it slows a little). Where the speed-up is smaller than the \
-         convolutions' own, the rest of the graph is why: layout changes, element-wise ops, \
-         quantize/dequantize passes and post-processing.\n\n![kernels]({KERNELS_SVG})\n"
+         ran after its own graph rewrites, from its profiler in sessions apart from the \
+         timing above. The profiler adds its own cost to every kernel, more to graphs of many \
+         small ones, so read each op's share here and the real times in the latency table. \
+         Where the speed-up is smaller than the convolutions' own, the rest of the graph is \
+         why: layout changes, element-wise ops, quantize/dequantize passes and \
+         post-processing.\n\n![kernels]({KERNELS_SVG})\n"
     );
     let _ = write!(s, "| op |");
     for f in &profiled {
