@@ -453,6 +453,7 @@ pub fn with_extra_outputs(model: &Model, tensors: &[String]) -> Model {
     m
 }
 
+#[derive(Clone, Copy)]
 struct QParams {
     scale: f32,
     zero_point: i32,
@@ -838,6 +839,36 @@ pub fn quantize(
         };
         if let Some(q) = q {
             tq.insert(o.clone(), q);
+        }
+    }
+
+    // A Concat whose inputs carry its output's parameters only copies bytes (ONNX Runtime's
+    // QLinearConcat builds no requantization table for them; TensorRT elides such a concat),
+    // and those inputs are rounded once, not twice. Only inputs the Concat alone reads, written
+    // by an op that computes: data movement keeps its input's grid so that the runtime drops
+    // it, and a folded Relu/Clip needs its own Q inside its bounds.
+    let consumer_of = |t: &str| g.node.iter().find(|m| m.input.iter().any(|i| i == t));
+    for (n, &on) in g.node.iter().zip(&active) {
+        if !on || n.op_type() != "Concat" {
+            continue;
+        }
+        let o = n.output[0].as_str();
+        // A Relu folded after the Concat gives the Concat its Q.
+        let out_q = if fused.contains(o) {
+            consumer_of(o).and_then(|r| tq.get(&r.output[0]))
+        } else {
+            tq.get(o)
+        };
+        let Some(&out_q) = out_q else { continue };
+        for t in &n.input {
+            let sole = consumers.get(t.as_str()) == Some(&1) && !graph_outputs.contains(t.as_str());
+            let computes = producer.get(t.as_str()).is_some_and(|&p| {
+                let op = g.node[p].op_type();
+                active[p] && !SHARES_INPUT_RANGE.contains(&op) && !FUSED_ACTIVATION.contains(&op)
+            });
+            if sole && computes && tq.contains_key(t) {
+                tq.insert(t.clone(), out_q);
+            }
         }
     }
 
@@ -1547,6 +1578,80 @@ mod tests {
                 rep.quantized_layers.contains(&"head".to_string()),
                 "{act:?}"
             );
+        }
+    }
+
+    /// A Concat's inputs take its output's parameters (here the Relu's folded after it), so
+    /// the runtime copies bytes instead of requantizing; an input read elsewhere too keeps its
+    /// own.
+    #[test]
+    fn concat_inputs_share_the_output_grid() {
+        let model = model_of(
+            vec![
+                onnx::node("Conv", "c1", &["x", "w1"], &["a"], vec![]),
+                onnx::node("Conv", "c2", &["x", "w2"], &["b"], vec![]),
+                onnx::node("Conv", "c3", &["x", "w3"], &["e"], vec![]),
+                onnx::node(
+                    "Concat",
+                    "cat",
+                    &["a", "b", "e"],
+                    &["cc"],
+                    vec![onnx::attr_int("axis", 1)],
+                ),
+                onnx::node("Relu", "relu", &["cc"], &["rr"], vec![]),
+                onnx::node("Conv", "head", &["rr", "w4"], &["out"], vec![]),
+                onnx::node("Conv", "side", &["b", "w5"], &["s"], vec![]),
+            ],
+            vec![
+                weights("w1", &[2, 3, 1, 1]),
+                weights("w2", &[2, 3, 1, 1]),
+                weights("w3", &[2, 3, 1, 1]),
+                weights("w4", &[2, 6, 1, 1]),
+                weights("w5", &[2, 2, 1, 1]),
+            ],
+        );
+        let range = |t: &str| match t {
+            "a" => Range { lo: -1.0, hi: 2.0 },
+            "b" => Range { lo: -3.0, hi: 1.0 },
+            "e" => Range { lo: -0.5, hi: 0.5 },
+            "cc" => Range { lo: -3.0, hi: 6.0 },
+            "rr" => Range { lo: 0.0, hi: 6.0 },
+            _ => Range { lo: -4.0, hi: 4.0 },
+        };
+        let ranges: HashMap<String, Range> = calibration_tensors(&model)
+            .into_iter()
+            .map(|t| {
+                let r = range(&t);
+                (t, r)
+            })
+            .collect();
+        for act in [ActivationType::U8Asymmetric, ActivationType::I8Symmetric] {
+            let (q, _) = quantize(
+                &model,
+                &ranges,
+                &HashMap::new(),
+                act,
+                &Exclusions::default(),
+            )
+            .unwrap();
+            let g = q.graph();
+            let value = |name: &str| {
+                let t = g.initializer.iter().find(|t| t.name() == name).unwrap();
+                (t.raw_data().to_vec(), t.data_type())
+            };
+            let grid = |t: &str| (value(&format!("{t}__scale")), value(&format!("{t}__zp")));
+            assert!(
+                grid("a") == grid("rr") && grid("e") == grid("rr"),
+                "{act:?}"
+            );
+            assert!(
+                grid("b") != grid("rr"),
+                "{act:?}: b is read by another layer"
+            );
+            // On the Relu's grid, zero stays the lowest level: the runtime still drops it.
+            if act == ActivationType::U8Asymmetric {
+                assert_eq!(value("rr__zp").0, [0]);
+            }
         }
     }
 
