@@ -900,7 +900,16 @@ pub fn quantize(
         .iter()
         .zip(&active)
         .filter(|(n, &on)| on && !SHARES_INPUT_RANGE.contains(&n.op_type()))
-        .filter_map(|(n, _)| Some((node_label(n), n.output.first()?.clone())))
+        .filter_map(|(n, _)| {
+            let o = n.output.first()?;
+            // An output folded into the Relu or Clip after it exists only through that
+            // activation: its raw values (clipped at the inputs, for a Concat) mean nothing.
+            let seen = match fused.contains(o.as_str()) {
+                true => &consumer_of(o)?.output[0],
+                false => o,
+            };
+            Some((node_label(n), seen.clone()))
+        })
         .filter(|(_, t)| ranges.contains_key(t))
         .collect();
     report.quantized_compute = report
