@@ -1635,7 +1635,7 @@ mod tests {
             })
             .collect();
         for act in [ActivationType::U8Asymmetric, ActivationType::I8Symmetric] {
-            let (q, _) = quantize(
+            let (q, rep) = quantize(
                 &model,
                 &ranges,
                 &HashMap::new(),
@@ -1643,6 +1643,10 @@ mod tests {
                 &Exclusions::default(),
             )
             .unwrap();
+            // Its error is measured where the runtime writes it: after the folded Relu.
+            assert!(rep
+                .compute_outputs
+                .contains(&("cat".to_string(), "rr".to_string())));
             let g = q.graph();
             let value = |name: &str| {
                 let t = g.initializer.iter().find(|t| t.name() == name).unwrap();
