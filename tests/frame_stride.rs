@@ -143,21 +143,13 @@ fn decoder_delivers_padded_frames_from_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bars642.mkv");
     // Raw I420 in Matroska: lossless, so the bars survive exactly.
-    let pipeline = gst::parse::launch(&format!(
-        "videotestsrc num-buffers=3 pattern=smpte ! video/x-raw,format=I420,width={W},height={H},framerate=5/1 ! matroskamux ! filesink location={}",
-        file.display()
-    ))
-    .unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let bus = pipeline.bus().unwrap();
-    let msg = bus
-        .timed_pop_filtered(
-            gst::ClockTime::from_seconds(10),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
-        .unwrap();
-    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
-    pipeline.set_state(gst::State::Null).unwrap();
+    common::launch_to_eos(
+        &format!(
+            "videotestsrc num-buffers=3 pattern=smpte ! video/x-raw,format=I420,width={W},height={H},framerate=5/1 ! matroskamux ! filesink location={}",
+            file.display()
+        ),
+        10,
+    );
 
     let uri = resolve_input(file.to_str().unwrap()).unwrap();
     // I420 by default (what the pipeline uses), packed RGB on request.

@@ -9,38 +9,26 @@ use std::time::Duration;
 
 use edgesight::ingest::{resolve_input, Decoder, Next};
 use edgesight::sinks::{video::AnnotatedVideo, Sink};
-use gstreamer as gst;
-use gstreamer::prelude::*;
 
 /// The first `frames` frames of vtest.avi cropped to 641x361 (odd sides), raw I420 in
 /// Matroska. `identity eos-after` ends the stream early, and matroskamux then writes a duration
 /// longer than the frames it holds (1.7 s for 11 frames at 10 fps).
 fn odd_clip(dir: &std::path::Path, frames: u32) -> std::path::PathBuf {
-    gst::init().unwrap();
     let file = dir.join("odd.mkv");
     // `identity eos-after` races decodebin's queues on a loaded machine: now and then the clip
     // holds one frame fewer, or the whole video. The clip is checked by decoding it, and made
     // again when it came out wrong, so that the tests below judge `run`, not this fixture.
     for _ in 0..5 {
-        let p = gst::parse::launch(&format!(
-            "filesrc location={} ! decodebin ! videocrop right=127 bottom=215 \
-             ! video/x-raw,format=I420 ! identity eos-after={frames} ! matroskamux \
-             ! filesink location={}",
-            asset("assets/vtest.avi").display(),
-            file.display()
-        ))
-        .unwrap();
-        p.set_state(gst::State::Playing).unwrap();
-        let msg = p
-            .bus()
-            .unwrap()
-            .timed_pop_filtered(
-                gst::ClockTime::from_seconds(30),
-                &[gst::MessageType::Eos, gst::MessageType::Error],
-            )
-            .unwrap();
-        assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
-        p.set_state(gst::State::Null).unwrap();
+        launch_to_eos(
+            &format!(
+                "filesrc location={} ! decodebin ! videocrop right=127 bottom=215 \
+                 ! video/x-raw,format=I420 ! identity eos-after={frames} ! matroskamux \
+                 ! filesink location={}",
+                asset("assets/vtest.avi").display(),
+                file.display()
+            ),
+            30,
+        );
         if decode_count(&file).0 == u64::from(frames) {
             return file;
         }

@@ -6,7 +6,8 @@
 //! centres, row-major with the anchors of a cell innermost, all of size 1 (MediaPipe's
 //! `fixed_anchor_size`). Regressors are in input pixels: the box centre's offset from the anchor,
 //! the box size, then six keypoints (eyes, nose tip, mouth, ears), offsets from the anchor too,
-//! which each [`Detection`] carries in source pixels. Input: NHWC RGB float scaled to [-1, 1], letterboxed to the square as MediaPipe does.
+//! which each [`Detection`] carries in source pixels. Input: NHWC RGB float scaled to [-1, 1],
+//! letterboxed to the square as MediaPipe does.
 //!
 //! ```
 //! # use edgesight::models::blazeface::anchors;

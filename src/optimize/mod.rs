@@ -254,8 +254,8 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
             let mut exclude = spec.exclude.clone();
             let (mut q, mut rep) =
                 qdq::quantize(&src, &ranges, &stats.channel_means, act, &exclude)?;
-            let every_layer = q.clone();
             if let Some(target_fid) = spec.keep_accuracy {
+                let every_layer = q.clone();
                 // The search judges on calibration images, never on the held-out frames the
                 // report measures: a choice made on those frames would flatter its own figure.
                 let search = match decoded {
@@ -272,10 +272,7 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                 let fp32_probe = fidelity::outputs_of(&mut fp32, &probe)?;
                 let fp32_search = fidelity::outputs_of(&mut fp32, &search)?;
                 // Candidates are written apart from the artifact's folder, and gone with it.
-                let trials = tempfile::tempdir().map_err(|e| OptimizeError::Io {
-                    path: std::env::temp_dir(),
-                    reason: e.to_string(),
-                })?;
+                let trials = temp_dir()?;
                 let score = |m: &Model, tag: &str, inputs: &[Tensor], reference: &[Vec<Output>]| {
                     let p = trials.path().join(format!("{tag}.onnx"));
                     m.save(&p)?;
@@ -420,10 +417,7 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
     let model_path = scratch.path().join("model.onnx");
     candidate.save(&model_path)?;
     // Measured but not part of the artifact: it lives in a folder of its own.
-    let plain_dir = tempfile::tempdir().map_err(|e| OptimizeError::Io {
-        path: std::env::temp_dir(),
-        reason: e.to_string(),
-    })?;
+    let plain_dir = temp_dir()?;
     let plain_path = plain_dir.path().join("every-layer.onnx");
     if let Some(m) = &plain {
         m.save(&plain_path)?;
@@ -511,13 +505,11 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
     drop(others);
     drop(fp32);
     for (f, (_, path)) in figures.iter_mut().zip(&measured) {
-        let profiled = tempfile::tempdir()
-            .map_err(|e| e.to_string())
-            .and_then(|traces| {
-                let mut e = Engine::load_profiled(path, &cpu, &traces.path().join("trace"))
-                    .map_err(|e| e.to_string())?;
-                fidelity::kernel_times(&mut e, &held[0], PROFILED_RUNS).map_err(|e| e.to_string())
-            });
+        let profiled = temp_dir().map_err(|e| e.to_string()).and_then(|traces| {
+            let mut e = Engine::load_profiled(path, &cpu, &traces.path().join("trace"))
+                .map_err(|e| e.to_string())?;
+            fidelity::kernel_times(&mut e, &held[0], PROFILED_RUNS).map_err(|e| e.to_string())
+        });
         match profiled {
             Ok(k) => f.kernels = k,
             Err(reason) => {
@@ -577,6 +569,14 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
     Ok(Outcome {
         out: spec.out.clone(),
         artifact: art,
+    })
+}
+
+/// A temporary folder for files that must not land in the artifact.
+fn temp_dir() -> Result<tempfile::TempDir, OptimizeError> {
+    tempfile::tempdir().map_err(|e| OptimizeError::Io {
+        path: std::env::temp_dir(),
+        reason: e.to_string(),
     })
 }
 

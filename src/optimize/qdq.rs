@@ -232,6 +232,16 @@ fn post_selection(g: &pb::GraphProto) -> HashSet<usize> {
     out
 }
 
+/// The tensor that carries output `o` in the quantized graph: an output folded into the Relu or
+/// Clip after it (`fused`) exists only as that activation's output.
+fn carrier<'g>(g: &'g pb::GraphProto, fused: &HashSet<&str>, o: &'g str) -> Option<&'g str> {
+    if !fused.contains(o) {
+        return Some(o);
+    }
+    let act = g.node.iter().find(|m| m.input.iter().any(|i| i == o))?;
+    Some(act.output[0].as_str())
+}
+
 /// The node that writes each tensor.
 fn producers(g: &pb::GraphProto) -> HashMap<&str, usize> {
     g.node
@@ -403,6 +413,10 @@ pub fn with_one_quantized_tensor(model: &Model, quantized: &Model, tensor: &str)
         .filter(|t| q.input[1..].contains(&t.name().to_string()))
         .cloned()
         .collect();
+    // A graph output keeps its name and its float value: there is nothing to round.
+    if model.graph().output.iter().any(|o| o.name() == tensor) {
+        return None;
+    }
     let mut m = model.clone();
     let g = m.graph_mut();
     let dq_out = dq.output[0].clone();
@@ -411,12 +425,6 @@ pub fn with_one_quantized_tensor(model: &Model, quantized: &Model, tensor: &str)
             if i == tensor {
                 *i = dq_out.clone();
             }
-        }
-    }
-    for o in g.output.iter_mut() {
-        if o.name() == tensor {
-            // A graph output keeps its name: the pair then feeds nothing, which is harmless.
-            return None;
         }
     }
     let at = g
@@ -847,19 +855,14 @@ pub fn quantize(
     // and those inputs are rounded once, not twice. Only inputs the Concat alone reads, written
     // by an op that computes: data movement keeps its input's grid so that the runtime drops
     // it, and a folded Relu/Clip needs its own Q inside its bounds.
-    let consumer_of = |t: &str| g.node.iter().find(|m| m.input.iter().any(|i| i == t));
+    let carrier = |o| carrier(g, &fused, o);
     for (n, &on) in g.node.iter().zip(&active) {
         if !on || n.op_type() != "Concat" {
             continue;
         }
-        let o = n.output[0].as_str();
-        // A Relu folded after the Concat gives the Concat its Q.
-        let out_q = if fused.contains(o) {
-            consumer_of(o).and_then(|r| tq.get(&r.output[0]))
-        } else {
-            tq.get(o)
+        let Some(&out_q) = carrier(&n.output[0]).and_then(|o| tq.get(o)) else {
+            continue;
         };
-        let Some(&out_q) = out_q else { continue };
         for t in &n.input {
             let sole = consumers.get(t.as_str()) == Some(&1) && !graph_outputs.contains(t.as_str());
             let computes = producer.get(t.as_str()).is_some_and(|&p| {
@@ -900,16 +903,9 @@ pub fn quantize(
         .iter()
         .zip(&active)
         .filter(|(n, &on)| on && !SHARES_INPUT_RANGE.contains(&n.op_type()))
-        .filter_map(|(n, _)| {
-            let o = n.output.first()?;
-            // An output folded into the Relu or Clip after it exists only through that
-            // activation: its raw values (clipped at the inputs, for a Concat) mean nothing.
-            let seen = match fused.contains(o.as_str()) {
-                true => &consumer_of(o)?.output[0],
-                false => o,
-            };
-            Some((node_label(n), seen.clone()))
-        })
+        // A folded output's raw values (clipped at the inputs, for a Concat) mean nothing: the
+        // error is measured where the runtime writes it.
+        .filter_map(|(n, _)| Some((node_label(n), carrier(n.output.first()?)?.to_string())))
         .filter(|(_, t)| ranges.contains_key(t))
         .collect();
     report.quantized_compute = report
@@ -1331,7 +1327,7 @@ mod tests {
         );
         let (q, rep) = quantize_in(
             &model,
-            Range { lo: -1.0, hi: 2.0 },
+            |_| Range { lo: -1.0, hi: 2.0 },
             ActivationType::U8Asymmetric,
         );
         assert!(
@@ -1500,18 +1496,11 @@ mod tests {
                 "{t} calibrated: {tensors:?}"
             );
         }
-        let ranges: HashMap<String, Range> = tensors
-            .iter()
-            .map(|t| (t.clone(), Range { lo: -1.0, hi: 1.0 }))
-            .collect();
-        let (q, rep) = quantize(
+        let (q, rep) = quantize_in(
             &model,
-            &ranges,
-            &HashMap::new(),
+            |_| Range { lo: -1.0, hi: 1.0 },
             ActivationType::U8Asymmetric,
-            &Exclusions::default(),
-        )
-        .unwrap();
+        );
         assert_eq!(rep.quantized_layers, vec!["c1", "c2"]);
         let quantized_out = |name: &str| {
             q.graph()
@@ -1561,7 +1550,7 @@ mod tests {
         let tensors = calibration_tensors(&model);
         assert!(tensors.contains(&"c".into()) && tensors.contains(&"px".into()));
         for act in [ActivationType::U8Asymmetric, ActivationType::I8Symmetric] {
-            let (q, rep) = quantize_in(&model, Range { lo: -1.0, hi: 60.0 }, act);
+            let (q, rep) = quantize_in(&model, |_| Range { lo: -1.0, hi: 60.0 }, act);
             let g = q.graph();
             let requantized: Vec<&str> = g
                 .node
@@ -1627,22 +1616,8 @@ mod tests {
             "rr" => Range { lo: 0.0, hi: 6.0 },
             _ => Range { lo: -4.0, hi: 4.0 },
         };
-        let ranges: HashMap<String, Range> = calibration_tensors(&model)
-            .into_iter()
-            .map(|t| {
-                let r = range(&t);
-                (t, r)
-            })
-            .collect();
         for act in [ActivationType::U8Asymmetric, ActivationType::I8Symmetric] {
-            let (q, rep) = quantize(
-                &model,
-                &ranges,
-                &HashMap::new(),
-                act,
-                &Exclusions::default(),
-            )
-            .unwrap();
+            let (q, rep) = quantize_in(&model, range, act);
             // Its error is measured where the runtime writes it: after the folded Relu.
             assert!(rep
                 .compute_outputs
@@ -1668,11 +1643,19 @@ mod tests {
         }
     }
 
-    /// Quantizes with every calibrated tensor in one range, no exclusion, no bias correction.
-    fn quantize_in(model: &Model, range: Range, act: ActivationType) -> (Model, QdqReport) {
+    /// Quantizes with each calibrated tensor in the range `range` gives it, no exclusion, no
+    /// bias correction.
+    fn quantize_in(
+        model: &Model,
+        range: impl Fn(&str) -> Range,
+        act: ActivationType,
+    ) -> (Model, QdqReport) {
         let ranges: HashMap<String, Range> = calibration_tensors(model)
             .into_iter()
-            .map(|t| (t, range))
+            .map(|t| {
+                let r = range(&t);
+                (t, r)
+            })
             .collect();
         quantize(model, &ranges, &HashMap::new(), act, &Exclusions::default()).unwrap()
     }
@@ -1732,24 +1715,12 @@ mod tests {
                 scalar("hi", 6.0),
             ],
         );
-        let tensors = calibration_tensors(&model);
         let range = |t: &str| match t {
             "r" => Range { lo: 0.0, hi: 6.0 },
             "zr" => Range { lo: 0.0, hi: 2.0 },
             _ => Range { lo: -2.0, hi: 4.0 },
         };
-        let ranges: HashMap<String, Range> =
-            tensors.iter().map(|t| (t.clone(), range(t))).collect();
-        let cpu = |act| {
-            quantize(
-                &model,
-                &ranges,
-                &HashMap::new(),
-                act,
-                &Exclusions::default(),
-            )
-            .unwrap()
-        };
+        let cpu = |act| quantize_in(&model, range, act);
 
         let (q, _) = cpu(ActivationType::U8Asymmetric);
         let g = q.graph();

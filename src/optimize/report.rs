@@ -224,9 +224,19 @@ pub fn markdown(a: &Artifact) -> String {
     s
 }
 
-/// What an op the runtime ran does, for the breakdown plot: int8 kernels (QLinearConv) sit
-/// with their float counterparts (Conv), so the bars compare like with like.
-fn kernel_kind(op: &str) -> &'static str {
+const KERNEL_KINDS: &[&str] = &[
+    "convolution",
+    "matrix multiply",
+    "element-wise",
+    "layout and copies",
+    "quantize / dequantize",
+    "other (pooling, resize, TopK, ...)",
+];
+
+/// What an op the runtime ran does, for the breakdown plot, as an index into [`KERNEL_KINDS`]:
+/// int8 kernels (QLinearConv) sit with their float counterparts (Conv), so the bars compare
+/// like with like.
+fn kernel_kind(op: &str) -> usize {
     const LAYOUT: &[&str] = &[
         "Transpose",
         "ReorderInput",
@@ -272,41 +282,27 @@ fn kernel_kind(op: &str) -> &'static str {
     ];
     let base = op.strip_prefix("QLinear").unwrap_or(op);
     if base.contains("Conv") {
-        "convolution"
+        0
     } else if base.contains("MatMul") || base.contains("Gemm") {
-        "matrix multiply"
-    } else if base.ends_with("QuantizeLinear") {
-        "quantize / dequantize"
-    } else if LAYOUT.contains(&base) {
-        "layout and copies"
+        1
     } else if ELEMENTWISE.contains(&base) {
-        "element-wise"
+        2
+    } else if LAYOUT.contains(&base) {
+        3
+    } else if base.ends_with("QuantizeLinear") {
+        4
     } else {
-        "other (pooling, resize, TopK, ...)"
+        5
     }
 }
 
-const KERNEL_KINDS: &[&str] = &[
-    "convolution",
-    "matrix multiply",
-    "element-wise",
-    "layout and copies",
-    "quantize / dequantize",
-    "other (pooling, resize, TopK, ...)",
-];
-
 /// Kernel time by kind, in [`KERNEL_KINDS`] order.
 fn by_kind(kernels: &[super::fidelity::OpTime]) -> Vec<f64> {
-    KERNEL_KINDS
-        .iter()
-        .map(|k| {
-            kernels
-                .iter()
-                .filter(|o| kernel_kind(&o.op) == *k)
-                .map(|o| o.ms)
-                .sum()
-        })
-        .collect()
+    let mut v = vec![0.0; KERNEL_KINDS.len()];
+    for o in kernels {
+        v[kernel_kind(&o.op)] += o.ms;
+    }
+    v
 }
 
 fn kernel_section(s: &mut String, a: &Artifact) {

@@ -7,6 +7,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use edgesight::ingest::{resolve_input, Decoder, Next};
+use gstreamer as gst;
+use gstreamer::prelude::*;
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -59,6 +61,23 @@ pub fn events(dir: &Path) -> Vec<serde_json::Value> {
 pub fn summary(dir: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(dir.join("summary.json")).expect("summary.json exists");
     serde_json::from_str(&text).expect("summary is JSON")
+}
+
+/// Runs a `gst-launch` description (one that writes a test file) until its end of stream.
+pub fn launch_to_eos(description: &str, timeout_s: u64) {
+    gst::init().unwrap();
+    let p = gst::parse::launch(description).unwrap();
+    p.set_state(gst::State::Playing).unwrap();
+    let msg = p
+        .bus()
+        .unwrap()
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(timeout_s),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .unwrap();
+    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+    p.set_state(gst::State::Null).unwrap();
 }
 
 /// Decodes a video file again through GStreamer: (frames, width, height).
