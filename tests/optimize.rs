@@ -824,4 +824,44 @@ fn int8_centernet_reports_agreement_by_class() {
             "{name} in the report"
         );
     }
+
+    // The peak test runs on the integer logits, and finds exactly the detections that the
+    // exported test (sigmoid, then a float MaxPool; kept here by excluding the pool) finds.
+    let pool = "tower_0/max_pooling2d/MaxPool";
+    let m = Model::load(&art.join("model.onnx")).unwrap();
+    let moved = node(&m, &format!("{pool}__on_logits"));
+    assert!(moved.input[0].contains("centernet_cls_output"), "{moved:?}");
+    let exported = tmp.path().join("cn-int8-exported-peaks");
+    let cn = "models/cache/centernet-mobilenetv3.onnx";
+    let args = [cn, "--precision", "int8", "--runs", "3", "--exclude", pool];
+    optimize_ok(&args, &exported, tmp.path());
+    node(&Model::load(&exported.join("model.onnx")).unwrap(), pool);
+    let rows = |dir: &Path| {
+        use edgesight::engine::{Engine, EngineConfig};
+        let mut e = Engine::load(&dir.join("model.onnx"), &EngineConfig::default()).unwrap();
+        let m = edgesight::models::Manifest::find("centernet").unwrap();
+        let spec = edgesight::models::preprocess_spec(&m, e.io()).unwrap();
+        let mut p = edgesight::preprocess::Preprocessor::new(spec);
+        [
+            "assets/bus.jpg",
+            "calibration/heldout/street/vtest-0010.jpg",
+        ]
+        .iter()
+        .map(|f| {
+            let img = edgesight::optimize::calibrate::decode_image(&asset(f)).unwrap();
+            let (t, _) = p.run(img.pixels()).unwrap();
+            e.run(&t).unwrap()[0]
+                .data
+                .iter()
+                .copied()
+                .collect::<Vec<f32>>()
+        })
+        .collect::<Vec<_>>()
+    };
+    let (a, b) = (rows(&art), rows(&exported));
+    assert!(
+        a[0].chunks(6).next().unwrap()[4] > 0.5,
+        "a confident first peak"
+    );
+    assert_eq!(a, b, "the same 100 peaks, boxes and scores");
 }

@@ -407,6 +407,15 @@ pub fn attr_int(name: &str, v: i64) -> pb::AttributeProto {
     }
 }
 
+pub fn attr_ints(name: &str, v: &[i64]) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: Some(name.to_string()),
+        r#type: Some(pb::attribute_proto::AttributeType::Ints as i32),
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
 pub fn get_attr_int(n: &pb::NodeProto, name: &str) -> Option<i64> {
     n.attribute.iter().find(|a| a.name() == name).map(|a| a.i())
 }

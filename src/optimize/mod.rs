@@ -14,6 +14,7 @@ pub mod calibrator;
 pub mod equalize;
 pub mod fidelity;
 pub mod fp16;
+pub mod peaks;
 pub mod qdq;
 pub mod report;
 

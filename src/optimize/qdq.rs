@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::calibrator::{per_channel_scales, Range};
+use super::peaks;
 use crate::onnx::{self, pb, DataType, Model};
 
 /// Ops with weights, quantized per channel.
@@ -243,7 +244,7 @@ fn carrier<'g>(g: &'g pb::GraphProto, fused: &HashSet<&str>, o: &'g str) -> Opti
 }
 
 /// The node that writes each tensor.
-fn producers(g: &pb::GraphProto) -> HashMap<&str, usize> {
+pub(super) fn producers(g: &pb::GraphProto) -> HashMap<&str, usize> {
     g.node
         .iter()
         .enumerate()
@@ -607,6 +608,12 @@ pub fn quantize(
     act: ActivationType,
     exclude: &Exclusions,
 ) -> Result<(Model, QdqReport), onnx::OnnxError> {
+    let cpu = act == ActivationType::U8Asymmetric;
+    // Peak tests on integer logits: the CPU runtime pools and compares the integers in place.
+    let rewritten = cpu
+        .then(|| peaks::pool_the_logits(model, |n| exclude.excludes(n)))
+        .flatten();
+    let model = rewritten.as_ref().unwrap_or(model);
     let mut out = model.clone();
     let opset = model.opset();
     if opset < 10 {
@@ -706,7 +713,6 @@ pub fn quantize(
         .map(|v| v.name())
         .filter(|t| ranges.contains_key(*t))
         .collect();
-    let cpu = act == ActivationType::U8Asymmetric;
     for (i, n) in g.node.iter().enumerate() {
         if post.contains(&i) {
             continue;
@@ -958,12 +964,27 @@ pub fn quantize(
                 }
             }
         }
+        // Two tensors on one grid are equal where their integers are: a peak test compares
+        // those, with no dequantize pass over either (CPU only; TensorRT takes Q/DQ graphs).
+        let same_grid = |a: &str, b: &str| {
+            matches!((tq.get(a), tq.get(b)), (Some(x), Some(y))
+                if x.scale == y.scale && x.zero_point == y.zero_point)
+        };
+        let integer_compare = cpu
+            && n.op_type() == "Equal"
+            && n.input.len() == 2
+            && n.input.iter().all(|t| emitted.contains(t.as_str()))
+            && same_grid(&n.input[0], &n.input[1]);
         // Every consumer but an excluded layer reads the dequantized copy: ONNX Runtime fuses a
         // quantized op only when its output feeds nothing but its QuantizeLinear.
         if !exclude.excludes(n) {
             for inp in node.input.iter_mut() {
                 if emitted.contains(inp.as_str()) {
-                    *inp = dq_name(inp);
+                    *inp = if integer_compare {
+                        format!("{inp}__q")
+                    } else {
+                        dq_name(inp)
+                    };
                 }
             }
         }
@@ -1018,6 +1039,8 @@ pub fn quantize(
 
     let og = out.graph_mut();
     og.node = new_nodes;
+    // A DequantizeLinear whose tensor only an integer compare reads.
+    peaks::drop_dead_nodes(og);
     let mut all_inits: Vec<pb::TensorProto> = g
         .initializer
         .iter()
@@ -1641,6 +1664,89 @@ mod tests {
                 assert_eq!(value("rr__zp").0, [0]);
             }
         }
+    }
+
+    /// CenterNet's peak test as tf2onnx exports it: `Equal(h, MaxPool(h))` on the sigmoid, with
+    /// the pool between two Transposes that cancel. On the CPU it becomes a pool of the logits'
+    /// integers and an integer compare; scores still come from the float sigmoid.
+    #[test]
+    fn peak_test_pools_and_compares_the_integer_logits() {
+        let perm = |name: &str, i: &str, o: &str, p: &[i64]| {
+            onnx::node(
+                "Transpose",
+                name,
+                &[i],
+                &[o],
+                vec![onnx::attr_ints("perm", p)],
+            )
+        };
+        let (nhwc, nchw) = ([0, 2, 3, 1], [0, 3, 1, 2]);
+        let model = model_of(
+            vec![
+                onnx::node("Conv", "head", &["x", "w"], &["logits"], vec![]),
+                onnx::node("Sigmoid", "sig", &["logits"], &["h"], vec![]),
+                perm("t1", "h", "h_nhwc", &nhwc),
+                perm("t2", "h_nhwc", "h_back", &nchw),
+                onnx::node("MaxPool", "pool", &["h_back"], &["hmax"], vec![]),
+                perm("t3", "hmax", "hmax_nhwc", &nhwc),
+                onnx::node("Equal", "peak", &["h_nhwc", "hmax_nhwc"], &["keep"], vec![]),
+                onnx::node("Cast", "f", &["keep"], &["keepf"], vec![]),
+                onnx::node("Mul", "score", &["h_nhwc", "keepf"], &["out"], vec![]),
+            ],
+            vec![weights("w", &[4, 3, 1, 1])],
+        );
+        let range = |_: &str| Range { lo: -6.0, hi: 2.0 };
+        let (q, _) = quantize_in(&model, range, ActivationType::U8Asymmetric);
+        let g = q.graph();
+        let by_op = |op: &'static str| g.node.iter().filter(move |n| n.op_type() == op);
+        let pools: Vec<_> = by_op("MaxPool").collect();
+        assert_eq!(pools.len(), 1);
+        assert_eq!(pools[0].input[0], "logits__dq", "the logits are pooled");
+        let peak = by_op("Equal").next().unwrap();
+        assert_eq!(
+            peak.input,
+            ["logits__q", "logits__pooled__q"],
+            "integers compared, on one grid"
+        );
+        let scale = |t: &str| {
+            let t = g.initializer.iter().find(|i| i.name() == t).unwrap();
+            onnx::tensor_f32(t).unwrap()
+        };
+        assert_eq!(scale("logits__scale"), scale("logits__pooled__scale"));
+        // The mask moves to where the scores are, and keeps its name.
+        let mv = g
+            .node
+            .iter()
+            .find(|n| n.input[0] == peak.output[0])
+            .unwrap();
+        assert_eq!((mv.op_type(), mv.output[0].as_str()), ("Transpose", "keep"));
+        assert_eq!(mv.attribute[0].ints, nhwc);
+        // Nothing left dangling: no dequantized pool, no exported pool or its Transposes.
+        for n in &g.node {
+            assert!(
+                !["t2", "t3", "pool"].contains(&n.name()),
+                "{} left",
+                n.name()
+            );
+            assert!(n.name() != "logits__pooled__DQ", "an unread dequantize");
+        }
+        assert_eq!(by_op("Sigmoid").next().unwrap().input[0], "logits__dq");
+
+        // TensorRT reads Q/DQ graphs only, and an excluded pool stays where it was.
+        let (t, _) = quantize_in(&model, range, ActivationType::I8Symmetric);
+        let kept = |m: &Model| m.graph().node.iter().any(|n| n.name() == "pool");
+        assert!(kept(&t));
+        let ranges: HashMap<String, Range> = calibration_tensors(&model)
+            .into_iter()
+            .map(|t| (t, range("")))
+            .collect();
+        let exclude = Exclusions {
+            names: ["pool".to_string()].into(),
+            ..Default::default()
+        };
+        let act = ActivationType::U8Asymmetric;
+        let (e, _) = quantize(&model, &ranges, &HashMap::new(), act, &exclude).unwrap();
+        assert!(kept(&e));
     }
 
     /// Quantizes with each calibrated tensor in the range `range` gives it, no exclusion, no
