@@ -727,10 +727,27 @@ fn shaped(name: &str, dims: &[i64]) -> pb::ValueInfoProto {
     v
 }
 
+/// CenterNet's output rows (x1, y1, x2, y2, score, class; 100 per image) for each image, from
+/// the model at `path`, through the family's own preprocessing.
+fn centernet_rows(path: &Path, images: &[&str]) -> Vec<Vec<f32>> {
+    use edgesight::engine::{Engine, EngineConfig};
+    let mut e = Engine::load(path, &EngineConfig::default()).unwrap();
+    let m = edgesight::models::Manifest::find("centernet").unwrap();
+    let spec = edgesight::models::preprocess_spec(&m, e.io()).unwrap();
+    let mut p = edgesight::preprocess::Preprocessor::new(spec);
+    images
+        .iter()
+        .map(|f| {
+            let img = edgesight::optimize::calibrate::decode_image(&asset(f)).unwrap();
+            let (t, _) = p.run(img.pixels()).unwrap();
+            e.run(&t).unwrap()[0].data.iter().copied().collect()
+        })
+        .collect()
+}
+
 /// Cross-layer equalization rescales Conv → ReLU → Conv pairs without changing the function.
 #[test]
 fn equalization_preserves_the_float_model() {
-    use edgesight::engine::{Engine, EngineConfig};
     let file = asset("models/cache/centernet-mobilenetv3.onnx");
     let src = Model::load(&file).unwrap();
     let mut eq = src.clone();
@@ -748,16 +765,8 @@ fn equalization_preserves_the_float_model() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("eq.onnx");
     eq.save(&path).unwrap();
-    let mut a = Engine::load(&file, &EngineConfig::default()).unwrap();
-    let mut b = Engine::load(&path, &EngineConfig::default()).unwrap();
-    let m = edgesight::models::Manifest::find("centernet").unwrap();
-    let spec = edgesight::models::preprocess_spec(&m, a.io()).unwrap();
-    let img = edgesight::optimize::calibrate::decode_image(&asset("assets/bus.jpg")).unwrap();
-    let (t, _) = edgesight::preprocess::Preprocessor::new(spec)
-        .run(img.pixels())
-        .unwrap();
-    let ra: Vec<f32> = a.run(&t).unwrap()[0].data.iter().copied().collect();
-    let rb: Vec<f32> = b.run(&t).unwrap()[0].data.iter().copied().collect();
+    let ra = &centernet_rows(&file, &["assets/bus.jpg"])[0];
+    let rb = &centernet_rows(&path, &["assets/bus.jpg"])[0];
     // The top detections are the same boxes with the same scores.
     for (x, y) in ra.chunks(6).zip(rb.chunks(6)).take(5) {
         for k in 0..6 {
@@ -765,6 +774,45 @@ fn equalization_preserves_the_float_model() {
                 (x[k] - y[k]).abs() < 0.05 * x[k].abs().max(1.0),
                 "{x:?} vs {y:?}"
             );
+        }
+    }
+}
+
+/// Depthwise layers widened to the int8 kernel's channel multiple compute the same function:
+/// the extra channels meet zero weights.
+#[test]
+fn widened_depthwise_layers_preserve_the_float_model() {
+    let file = asset("models/cache/centernet-mobilenetv3.onnx");
+    let src = Model::load(&file).unwrap();
+    let (wide, widened) = edgesight::optimize::align::widen_depthwise(&src).unwrap();
+    // 72 -> 80 in the backbone, 18/24/22 -> 32 in the head's reverse branches.
+    let channels: Vec<(usize, usize)> = widened.iter().map(|w| w.channels).collect();
+    assert!(
+        channels.contains(&(72, 80)) && channels.contains(&(18, 32)),
+        "{channels:?}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("wide.onnx");
+    wide.save(&path).unwrap();
+    let images = [
+        "assets/bus.jpg",
+        "calibration/heldout/street/vtest-0010.jpg",
+    ];
+    for (a, b) in centernet_rows(&file, &images)
+        .iter()
+        .zip(&centernet_rows(&path, &images))
+    {
+        // Every detection, summation order aside: the same boxes, scores and classes.
+        let found = |r: &[f32]| r.chunks(6).filter(|d| d[4] >= 0.2).count();
+        assert_eq!(found(a), found(b));
+        assert!(found(a) >= 3, "{} detections", found(a));
+        for (x, y) in a.chunks(6).zip(b.chunks(6)).take(found(a)) {
+            for k in 0..6 {
+                assert!(
+                    (x[k] - y[k]).abs() <= 1e-3 * x[k].abs().max(1.0),
+                    "{x:?} vs {y:?}"
+                );
+            }
         }
     }
 }
@@ -828,6 +876,26 @@ fn int8_centernet_reports_agreement_by_class() {
     // The peak test runs on the integer logits, and finds exactly the detections that the
     // exported test (sigmoid, then a float MaxPool; kept here by excluding the pool) finds.
     let pool = "tower_0/max_pooling2d/MaxPool";
+    // Both CPU rewrites are named in the artifact and the report.
+    let rewrites: Vec<&str> = a["rewrites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.as_str())
+        .collect();
+    assert!(
+        rewrites
+            .iter()
+            .any(|r| r.starts_with("Conv__505: depthwise, 72 → 80")),
+        "{rewrites:?}"
+    );
+    assert!(
+        rewrites
+            .iter()
+            .any(|r| r.starts_with("tower_0/Equal: peak test")),
+        "{rewrites:?}"
+    );
+    assert!(report.contains("- `tower_0/Equal`: peak test"), "{report}");
     let m = Model::load(&art.join("model.onnx")).unwrap();
     let moved = node(&m, &format!("{pool}__on_logits"));
     assert!(moved.input[0].contains("centernet_cls_output"), "{moved:?}");
@@ -836,28 +904,11 @@ fn int8_centernet_reports_agreement_by_class() {
     let args = [cn, "--precision", "int8", "--runs", "3", "--exclude", pool];
     optimize_ok(&args, &exported, tmp.path());
     node(&Model::load(&exported.join("model.onnx")).unwrap(), pool);
-    let rows = |dir: &Path| {
-        use edgesight::engine::{Engine, EngineConfig};
-        let mut e = Engine::load(&dir.join("model.onnx"), &EngineConfig::default()).unwrap();
-        let m = edgesight::models::Manifest::find("centernet").unwrap();
-        let spec = edgesight::models::preprocess_spec(&m, e.io()).unwrap();
-        let mut p = edgesight::preprocess::Preprocessor::new(spec);
-        [
-            "assets/bus.jpg",
-            "calibration/heldout/street/vtest-0010.jpg",
-        ]
-        .iter()
-        .map(|f| {
-            let img = edgesight::optimize::calibrate::decode_image(&asset(f)).unwrap();
-            let (t, _) = p.run(img.pixels()).unwrap();
-            e.run(&t).unwrap()[0]
-                .data
-                .iter()
-                .copied()
-                .collect::<Vec<f32>>()
-        })
-        .collect::<Vec<_>>()
-    };
+    let images = [
+        "assets/bus.jpg",
+        "calibration/heldout/street/vtest-0010.jpg",
+    ];
+    let rows = |dir: &Path| centernet_rows(&dir.join("model.onnx"), &images);
     let (a, b) = (rows(&art), rows(&exported));
     assert!(
         a[0].chunks(6).next().unwrap()[4] > 0.5,

@@ -54,6 +54,9 @@ pub struct Artifact {
     pub quantized_layers: usize,
     pub excluded: Vec<String>,
     pub unknown_ops: BTreeMap<String, usize>,
+    /// Graph rewrites for the target's int8 kernels that keep the float function.
+    #[serde(default)]
+    pub rewrites: Vec<String>,
     pub created_by: String,
     pub calibration: Option<CalibrationInfo>,
     pub tensorrt: Option<TensorRtInfo>,

@@ -8,6 +8,7 @@
 //! The work happens in a scratch folder next to `--out`, renamed into place only once
 //! everything succeeded: a failure leaves no half-written artifact.
 
+pub mod align;
 pub mod artifact;
 pub mod calibrate;
 pub mod calibrator;
@@ -544,6 +545,10 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
             .as_ref()
             .map(|r| r.quantized_layers.len())
             .unwrap_or(0),
+        rewrites: qreport
+            .as_ref()
+            .map(|r| r.rewrites.clone())
+            .unwrap_or_default(),
         unknown_ops: qreport.map(|r| r.unknown_ops).unwrap_or_default(),
         figures,
         sensitivity,

@@ -27,7 +27,8 @@
 //!     ..Default::default()
 //! };
 //! let model = Model { proto: pb::ModelProto { graph: Some(g), ..Default::default() }, path: "m.onnx".into() };
-//! let out = edgesight::optimize::peaks::pool_the_logits(&model, |_| false).unwrap();
+//! let (out, tests) = edgesight::optimize::peaks::pool_the_logits(&model, |_| false).unwrap();
+//! assert_eq!(tests, ["peak"]);
 //! let pool = out.graph().node.iter().find(|n| n.op_type() == "MaxPool").unwrap();
 //! assert_eq!(pool.input[0], "logits");
 //! ```
@@ -36,12 +37,17 @@ use std::collections::{HashMap, HashSet};
 
 use crate::onnx::{self, pb, Model};
 
-/// The graph with every heatmap peak test rewritten onto the logits, or `None` when it has
-/// none. A peak test whose MaxPool `skip` names (an excluded layer) is left as it is.
-pub fn pool_the_logits(model: &Model, skip: impl Fn(&pb::NodeProto) -> bool) -> Option<Model> {
+/// The graph with every heatmap peak test rewritten onto the logits, and the Equal nodes that
+/// were; `None` when it has none. A peak test whose MaxPool `skip` names (an excluded layer) is
+/// left as it is.
+pub fn pool_the_logits(
+    model: &Model,
+    skip: impl Fn(&pb::NodeProto) -> bool,
+) -> Option<(Model, Vec<String>)> {
     let g = model.graph();
     let producer = super::qdq::producers(g);
     let mut replace: HashMap<usize, Vec<pb::NodeProto>> = HashMap::new();
+    let mut tests = Vec::new();
     for (i, n) in g.node.iter().enumerate() {
         if n.op_type() != "Equal" || n.input.len() != 2 {
             continue;
@@ -90,6 +96,7 @@ pub fn pool_the_logits(model: &Model, skip: impl Fn(&pb::NodeProto) -> bool) -> 
             }
         }
         replace.insert(i, nodes);
+        tests.push(n.name().to_string());
     }
     if replace.is_empty() {
         return None;
@@ -104,7 +111,7 @@ pub fn pool_the_logits(model: &Model, skip: impl Fn(&pb::NodeProto) -> bool) -> 
         }
     }
     drop_dead_nodes(og);
-    Some(out)
+    Some((out, tests))
 }
 
 /// A tensor seen through the Transposes that moved it: the tensor they started from and the

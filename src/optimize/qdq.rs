@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::calibrator::{per_channel_scales, Range};
-use super::peaks;
+use super::{align, peaks};
 use crate::onnx::{self, pb, DataType, Model};
 
 /// Ops with weights, quantized per channel.
@@ -178,6 +178,8 @@ pub struct QdqReport {
     pub excluded: Vec<String>,
     /// Op types the quantizer does not know, left in float: (op, count).
     pub unknown_ops: BTreeMap<String, usize>,
+    /// Rewrites for the CPU runtime's int8 kernels that keep the float function.
+    pub rewrites: Vec<String>,
 }
 
 fn quantizable(op: &str) -> bool {
@@ -609,11 +611,46 @@ pub fn quantize(
     exclude: &Exclusions,
 ) -> Result<(Model, QdqReport), onnx::OnnxError> {
     let cpu = act == ActivationType::U8Asymmetric;
+    // Two CPU-only rewrites that keep the float function. Depthwise layers widened to a channel
+    // count the runtime's fast int8 kernel takes; their extra channels have a mean of zero.
+    let aligned = cpu.then(|| align::widen_depthwise(model)).flatten();
+    let padded_means;
+    let (model, channel_means) = match &aligned {
+        Some((m, widened)) => {
+            let mut means = channel_means.clone();
+            for w in widened {
+                for t in &w.tensors {
+                    if let Some(v) = means.get_mut(t) {
+                        v.resize(w.channels.1, 0.0);
+                    }
+                }
+            }
+            padded_means = means;
+            (m, &padded_means)
+        }
+        None => (model, channel_means),
+    };
     // Peak tests on integer logits: the CPU runtime pools and compares the integers in place.
     let rewritten = cpu
         .then(|| peaks::pool_the_logits(model, |n| exclude.excludes(n)))
         .flatten();
-    let model = rewritten.as_ref().unwrap_or(model);
+    let model = rewritten.as_ref().map_or(model, |(m, _)| m);
+    let mut rewrites: Vec<String> = aligned
+        .iter()
+        .flat_map(|(_, w)| w)
+        .map(|w| {
+            format!(
+                "{}: depthwise, {} → {} channels (the fast int8 kernel's multiple of 16)",
+                w.layer, w.channels.0, w.channels.1
+            )
+        })
+        .collect();
+    rewrites.extend(
+        rewritten
+            .iter()
+            .flat_map(|(_, t)| t)
+            .map(|t| format!("{t}: peak test on the integer logits")),
+    );
     let mut out = model.clone();
     let opset = model.opset();
     if opset < 10 {
@@ -649,7 +686,10 @@ pub fn quantize(
         .collect();
     let inits: HashSet<&str> = init_idx.keys().copied().collect();
 
-    let mut report = QdqReport::default();
+    let mut report = QdqReport {
+        rewrites,
+        ..Default::default()
+    };
     // Which nodes run quantized.
     let silu = silu_nodes(g);
     let post = post_selection(g);
@@ -902,7 +942,6 @@ pub fn quantize(
             );
         }
     }
-    let mut used_inits: HashSet<String> = HashSet::new();
     // Only nodes with a quantized output count: an Add of integer indices is no layer.
     report.compute_outputs = g
         .node
@@ -1005,9 +1044,6 @@ pub fn quantize(
         {
             report.quantized_layers.push(node_label(n));
         }
-        for i in &node.input {
-            used_inits.insert(i.clone());
-        }
         let outputs = node.output.clone();
         new_nodes.push(node);
         // Right after the producer, whatever it is: a float op feeding a quantized one gets
@@ -1023,31 +1059,30 @@ pub fn quantize(
             );
         }
     }
-    for n in &new_nodes {
-        for i in &n.input {
-            used_inits.insert(i.clone());
-        }
-    }
+    let og = out.graph_mut();
+    og.node = new_nodes;
+    // Nothing reads a pair whose every reader is an excluded layer, nor the dequantized copy of
+    // a tensor that only an integer compare reads.
+    peaks::drop_dead_nodes(og);
+    let used_inits: HashSet<&str> = og
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().map(String::as_str))
+        .collect();
     // In graph order, as their pairs were emitted.
-    report.quantized_tensors = new_nodes
+    report.quantized_tensors = og
+        .node
         .iter()
         .filter(|n| n.op_type() == "QuantizeLinear")
         .filter_map(|n| n.name().strip_suffix("__Q"))
         .filter(|t| emitted.contains(*t))
         .map(String::from)
         .collect();
-
-    let og = out.graph_mut();
-    og.node = new_nodes;
-    // A DequantizeLinear whose tensor only an integer compare reads.
-    peaks::drop_dead_nodes(og);
-    let mut all_inits: Vec<pb::TensorProto> = g
-        .initializer
-        .iter()
-        .filter(|t| used_inits.contains(t.name()) || graph_outputs.contains(t.name()))
-        .cloned()
-        .collect();
-    all_inits.extend(new_inits);
+    let used =
+        |t: &pb::TensorProto| used_inits.contains(t.name()) || graph_outputs.contains(t.name());
+    let mut all_inits: Vec<pb::TensorProto> =
+        g.initializer.iter().filter(|t| used(t)).cloned().collect();
+    all_inits.extend(new_inits.into_iter().filter(|t| used(t)));
     og.initializer = all_inits;
     // Initializers listed as graph inputs (old exporters) must go with them.
     let kept: HashSet<String> = og
@@ -1747,6 +1782,118 @@ mod tests {
         let act = ActivationType::U8Asymmetric;
         let (e, _) = quantize(&model, &ranges, &HashMap::new(), act, &exclude).unwrap();
         assert!(kept(&e));
+        // What the dropped nodes read goes with them (ONNX Runtime warns of every leftover).
+        for m in [&q, &e] {
+            let g = m.graph();
+            for t in &g.initializer {
+                let read = g
+                    .node
+                    .iter()
+                    .any(|n| n.input.contains(&t.name().to_string()));
+                assert!(read, "{} is read by nothing", t.name());
+            }
+        }
+    }
+
+    /// A depthwise layer of 24 channels (MLAS's fast int8 kernel wants multiples of 16) is
+    /// widened to 32 on the CPU: zero kernels, zero weights where the next layer reads the
+    /// extra channels, and bias correction still fitting the widened inputs.
+    #[test]
+    fn depthwise_layers_widen_to_the_fast_kernel() {
+        let model = model_of(
+            vec![
+                onnx::node("Conv", "p", &["x", "wp", "bp"], &["a"], vec![]),
+                onnx::node("Relu", "r1", &["a"], &["ar"], vec![]),
+                onnx::node(
+                    "Conv",
+                    "dw",
+                    &["ar", "wd", "bd"],
+                    &["b"],
+                    vec![onnx::attr_int("group", 24)],
+                ),
+                onnx::node("Relu", "r2", &["b"], &["br"], vec![]),
+                onnx::node("Conv", "q", &["br", "wq", "bq"], &["out"], vec![]),
+            ],
+            vec![
+                weights("wp", &[24, 3, 1, 1]),
+                weights("bp", &[24]),
+                weights("wd", &[24, 1, 3, 3]),
+                weights("bd", &[24]),
+                weights("wq", &[8, 24, 1, 1]),
+                weights("bq", &[8]),
+            ],
+        );
+        let range = |_: &str| Range { lo: 0.0, hi: 4.0 };
+        let (q, _) = quantize_in(&model, range, ActivationType::U8Asymmetric);
+        let g = q.graph();
+        let node = |name: &str| g.node.iter().find(|n| n.name() == name).unwrap();
+        assert_eq!(onnx::get_attr_int(node("dw"), "group"), Some(32));
+        // The int8 weights, through each layer's weight DequantizeLinear.
+        let int8 = |layer: &str| {
+            let dq = g
+                .node
+                .iter()
+                .find(|n| n.output[0] == node(layer).input[1])
+                .unwrap();
+            let t = g
+                .initializer
+                .iter()
+                .find(|t| t.name() == dq.input[0])
+                .unwrap();
+            (t.dims.clone(), t.raw_data().to_vec())
+        };
+        let (pd, pw) = int8("p");
+        assert_eq!(pd, [32, 3, 1, 1]);
+        assert!(
+            pw[24 * 3..].iter().all(|&b| b == 0),
+            "extra outputs weigh 0"
+        );
+        let (dd, dw) = int8("dw");
+        assert_eq!(dd, [32, 1, 3, 3]);
+        assert!(dw[24 * 9..].iter().all(|&b| b == 0));
+        assert!(dw[..24 * 9].iter().any(|&b| b != 0));
+        let (qd, qw) = int8("q");
+        assert_eq!(qd, [8, 32, 1, 1]);
+        for o in 0..8 {
+            assert!(
+                qw[o * 32 + 24..(o + 1) * 32].iter().all(|&b| b == 0),
+                "row {o}"
+            );
+        }
+
+        // Bias correction reads the widened inputs' means: with means the int32 bias moves.
+        let ranges: HashMap<String, Range> = calibration_tensors(&model)
+            .into_iter()
+            .map(|t| (t, range("")))
+            .collect();
+        let means: HashMap<String, Vec<f32>> = bias_correction_inputs(&model)
+            .into_keys()
+            .map(|t| (t, vec![1.5; 24]))
+            .collect();
+        assert!(means.contains_key("br"), "{:?}", means.keys());
+        let act = ActivationType::U8Asymmetric;
+        let (c, _) = quantize(&model, &ranges, &means, act, &Exclusions::default()).unwrap();
+        let bias = |m: &Model| {
+            let g = m.graph();
+            let q = g.node.iter().find(|n| n.name() == "q").unwrap();
+            let dq = g.node.iter().find(|n| n.output[0] == q.input[2]).unwrap();
+            let t = g
+                .initializer
+                .iter()
+                .find(|t| t.name() == dq.input[0])
+                .unwrap();
+            t.raw_data().to_vec()
+        };
+        assert_ne!(
+            bias(&c),
+            bias(&q),
+            "the correction reached the widened layer"
+        );
+
+        // TensorRT builds its own kernels: nothing widens there.
+        let (t, _) = quantize_in(&model, range, ActivationType::I8Symmetric);
+        let dw = t.graph().node.iter().find(|n| n.name() == "dw").unwrap();
+        assert_eq!(onnx::get_attr_int(dw, "group"), Some(24));
     }
 
     /// Quantizes with each calibrated tensor in the range `range` gives it, no exclusion, no

@@ -169,6 +169,17 @@ pub fn markdown(a: &Artifact) -> String {
             }
         );
     }
+    if !a.rewrites.is_empty() {
+        let _ = writeln!(
+            s,
+            "Rewritten for the CPU's int8 kernels, the float function unchanged:\n\n{}\n",
+            a.rewrites
+                .iter()
+                .map(|r| format!("- `{}", r.replacen(": ", "`: ", 1)))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
     if !a.unknown_ops.is_empty() {
         let ops: Vec<String> = a
             .unknown_ops
