@@ -149,12 +149,25 @@ const MAX_SEARCH_TRIALS: usize = 60;
 /// The least share of the remaining gap to the target a unit must close to stay in float.
 const MIN_GAIN_OF_GAP: f64 = 0.1;
 
+/// A fidelity on the search images, and on each half of them.
+#[derive(Debug, Clone, Copy)]
+struct Split {
+    whole: f64,
+    halves: [f64; 2],
+}
+
 /// Whether a unit that takes the search's fidelity from `before` to `after` stays in float.
 /// Each unit in float costs speed; one that closes less than a tenth of what is left to the
 /// target buys too little for it (CenterNet's heatmap logits in float once added 0.0005 to a
-/// search mAP50 of 0.877, short of 0.9).
-fn worth_keeping(before: f64, after: f64, target: f64) -> bool {
-    after > before && after - before >= MIN_GAIN_OF_GAP * (target - before)
+/// search mAP50 of 0.877, short of 0.9). And a gain that one half of the images shows while the
+/// other pays for it is a few detections trading ranks, not a layer that matters: on CenterNet,
+/// taking such units ended at 0.92 on the search images and 0.86 held out; refusing them, at
+/// 0.97 and 0.93, with fewer layers in float.
+fn worth_keeping(before: Split, after: Split, target: f64) -> bool {
+    let gain = after.whole - before.whole;
+    gain > 0.0
+        && gain >= MIN_GAIN_OF_GAP * (target - before.whole)
+        && after.halves.iter().zip(&before.halves).all(|(a, b)| a >= b)
 }
 
 /// Which precisions a target can run.
@@ -285,21 +298,33 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                 let fp32_search = fidelity::outputs_of(&mut fp32, &search)?;
                 // Candidates are written apart from the artifact's folder, and gone with it.
                 let trials = temp_dir()?;
+                // The fidelity on all `inputs`, then on their first and second halves.
+                let score_parts =
+                    |m: &Model, tag: &str, inputs: &[Tensor], reference: &[Vec<Output>]| {
+                        let p = trials.path().join(format!("{tag}.onnx"));
+                        m.save(&p)?;
+                        let mut e = Engine::load(&p, &cpu)?;
+                        let out = fidelity::outputs_of(&mut e, inputs)?;
+                        let h = out.len() / 2;
+                        let part = |a: usize, b: usize| {
+                            Ok::<f64, OptimizeError>(
+                                fidelity::compare(
+                                    &reference[a..b],
+                                    &out[a..b],
+                                    spec.manifest.family,
+                                    &spec.manifest,
+                                    fp32.io(),
+                                )?
+                                .score(),
+                            )
+                        };
+                        Ok::<Split, OptimizeError>(Split {
+                            whole: part(0, out.len())?,
+                            halves: [part(0, h)?, part(h, out.len())?],
+                        })
+                    };
                 let score = |m: &Model, tag: &str, inputs: &[Tensor], reference: &[Vec<Output>]| {
-                    let p = trials.path().join(format!("{tag}.onnx"));
-                    m.save(&p)?;
-                    let mut e = Engine::load(&p, &cpu)?;
-                    let out = fidelity::outputs_of(&mut e, inputs)?;
-                    Ok::<f64, OptimizeError>(
-                        fidelity::compare(
-                            reference,
-                            &out,
-                            spec.manifest.family,
-                            &spec.manifest,
-                            fp32.io(),
-                        )?
-                        .score(),
-                    )
+                    Ok::<f64, OptimizeError>(score_parts(m, tag, inputs, reference)?.whole)
                 };
                 // Sensitivity, of two kinds of unit. Each computing node (weighted layers, adds,
                 // activations) quantized on its own: its weights and the activations around it,
@@ -340,7 +365,8 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                 }
                 let mut order: Vec<usize> = (0..sensitivity.len()).collect();
                 order.sort_by(|&a, &b| sensitivity[a].fidelity.total_cmp(&sensitivity[b].fidelity));
-                let mut fid = score(&q, "mixed", &search, &fp32_search)?;
+                let mut split = score_parts(&q, "mixed", &search, &fp32_search)?;
+                let mut fid = split.whole;
                 // Units put back in float, in the order the search kept them.
                 let mut kept: Vec<usize> = Vec::new();
                 // Greedy, most sensitive first, and a unit goes back to float only if that
@@ -357,13 +383,13 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                     }
                     let (tq, trep) =
                         qdq::quantize(&src, &ranges, &stats.channel_means, act, &trial)?;
-                    let tfid = score(&tq, "mixed", &search, &fp32_search)?;
+                    let tsplit = score_parts(&tq, "mixed", &search, &fp32_search)?;
                     progress("mixed precision", i as u64 + 1, MAX_SEARCH_TRIALS as u64);
-                    if worth_keeping(fid, tfid, target_fid) {
-                        tracing::info!(unit = %sensitivity[u].layer, fidelity = tfid, "kept in float");
+                    if worth_keeping(split, tsplit, target_fid) {
+                        tracing::info!(unit = %sensitivity[u].layer, fidelity = tsplit.whole, "kept in float");
                         sensitivity[u].kept_in_float = true;
                         kept.push(u);
-                        (exclude, q, rep, fid) = (trial, tq, trep, tfid);
+                        (exclude, q, rep, fid, split) = (trial, tq, trep, tsplit.whole, tsplit);
                     }
                 }
                 // Backward: a unit kept early may no longer be needed once later ones are in
@@ -634,15 +660,28 @@ mod tests {
 
     /// Hand-checked against the search's own runs.
     #[test]
-    fn a_unit_must_close_a_tenth_of_the_gap() {
+    fn a_unit_must_close_a_tenth_of_the_gap_on_both_halves() {
+        let s = |whole, a, b| Split {
+            whole,
+            halves: [a, b],
+        };
         // CenterNet at 0.9: the heatmap logits bought 0.0005 of the 0.023 left.
-        assert!(!worth_keeping(0.8765, 0.8770, 0.9));
+        assert!(!worth_keeping(
+            s(0.8765, 0.87, 0.88),
+            s(0.8770, 0.871, 0.881),
+            0.9
+        ));
         // The first block's hard-swish bought 0.10 of 0.19.
-        assert!(worth_keeping(0.713, 0.813, 0.9));
+        assert!(worth_keeping(s(0.713, 0.7, 0.72), s(0.813, 0.8, 0.83), 0.9));
         // MobileFaceNet at 0.99: 0.002 of 0.011 left is worth it.
-        assert!(worth_keeping(0.979, 0.981, 0.99));
-        // Past the target any rise counts; no rise never does.
-        assert!(worth_keeping(0.95, 0.951, 0.9));
-        assert!(!worth_keeping(0.8, 0.8, 0.9));
+        assert!(worth_keeping(
+            s(0.979, 0.978, 0.98),
+            s(0.981, 0.98, 0.982),
+            0.99
+        ));
+        // Enough on the whole, but one half pays for the other.
+        assert!(!worth_keeping(s(0.8, 0.8, 0.8), s(0.85, 0.95, 0.79), 0.9));
+        // No rise never counts.
+        assert!(!worth_keeping(s(0.8, 0.8, 0.8), s(0.8, 0.8, 0.8), 0.9));
     }
 }
