@@ -11,7 +11,7 @@
 //! # Ok::<(), edgesight::onnx::OnnxError>(())
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use prost::Message;
@@ -413,6 +413,71 @@ pub fn attr_ints(name: &str, v: &[i64]) -> pb::AttributeProto {
         r#type: Some(pb::attribute_proto::AttributeType::Ints as i32),
         ints: v.to_vec(),
         ..Default::default()
+    }
+}
+
+/// The node that writes each tensor.
+pub fn producers(g: &pb::GraphProto) -> HashMap<&str, usize> {
+    g.node
+        .iter()
+        .enumerate()
+        .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
+        .collect()
+}
+
+/// The nodes that read each tensor, and the graph's outputs (read from outside).
+pub struct Readers<'g> {
+    nodes: HashMap<&'g str, Vec<usize>>,
+    outputs: HashSet<&'g str>,
+}
+
+impl<'g> Readers<'g> {
+    pub fn of(g: &'g pb::GraphProto) -> Self {
+        let mut nodes: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, n) in g.node.iter().enumerate() {
+            for t in &n.input {
+                nodes.entry(t.as_str()).or_default().push(i);
+            }
+        }
+        Self {
+            nodes,
+            outputs: g.output.iter().map(|o| o.name()).collect(),
+        }
+    }
+
+    /// Every node reading `t`, once per input slot.
+    pub fn of_tensor(&self, t: &str) -> &[usize] {
+        self.nodes.get(t).map_or(&[], Vec::as_slice)
+    }
+
+    /// The one node that reads `t`, when nothing else does (a graph output is read outside).
+    pub fn only(&self, t: &str) -> Option<usize> {
+        match self.of_tensor(t) {
+            [one] if !self.outputs.contains(t) => Some(*one),
+            _ => None,
+        }
+    }
+}
+
+/// Removes the nodes whose outputs nothing reads, until none is left.
+pub fn drop_dead_nodes(g: &mut pb::GraphProto) {
+    loop {
+        let mut read: HashSet<&str> = g.output.iter().map(|o| o.name()).collect();
+        read.extend(
+            g.node
+                .iter()
+                .flat_map(|n| n.input.iter().map(String::as_str)),
+        );
+        let live: Vec<bool> = g
+            .node
+            .iter()
+            .map(|n| n.output.iter().any(|o| read.contains(o.as_str())))
+            .collect();
+        if live.iter().all(|&l| l) {
+            return;
+        }
+        let mut live = live.into_iter();
+        g.node.retain(|_| live.next().unwrap_or(true));
     }
 }
 

@@ -30,7 +30,7 @@
 //! assert_eq!(onnx::get_attr_int(&out.graph().node[1], "group"), Some(32));
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use crate::onnx::{self, pb, Model};
 
@@ -48,24 +48,42 @@ pub struct Widened {
     pub tensors: Vec<String>,
 }
 
+impl std::fmt::Display for Widened {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let (from, to) = self.channels;
+        write!(
+            f,
+            "{}: depthwise, {from} → {to} channels (the fast int8 kernel's multiple of 16)",
+            self.layer
+        )
+    }
+}
+
+/// Per-channel means (bias correction's) for the widened graph: the extra channels are zero.
+pub fn widen_means(
+    means: &HashMap<String, Vec<f32>>,
+    widened: &[Widened],
+) -> HashMap<String, Vec<f32>> {
+    let mut out = means.clone();
+    for w in widened {
+        for t in &w.tensors {
+            if let Some(v) = out.get_mut(t) {
+                v.resize(w.channels.1, 0.0);
+            }
+        }
+    }
+    out
+}
+
 /// The graph with every eligible depthwise layer widened to a multiple of 16 channels, and what
 /// was widened; `None` when nothing was.
 pub fn widen_depthwise(model: &Model) -> Option<(Model, Vec<Widened>)> {
     let g = model.graph();
-    let producer = super::qdq::producers(g);
-    let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, n) in g.node.iter().enumerate() {
-        for t in &n.input {
-            readers.entry(t.as_str()).or_default().push(i);
-        }
-    }
-    let outputs: HashSet<&str> = g.output.iter().map(|o| o.name()).collect();
+    let producer = onnx::producers(g);
+    let readers = onnx::Readers::of(g);
+    let only_reader = |t: &str| readers.only(t);
     let inits: HashMap<&str, &pb::TensorProto> =
         g.initializer.iter().map(|t| (t.name(), t)).collect();
-    let only_reader = |t: &str| match readers.get(t).map(Vec::as_slice) {
-        Some([one]) if !outputs.contains(t) => Some(*one),
-        _ => None,
-    };
     let elementwise = |n: &pb::NodeProto| matches!(n.op_type(), "Relu" | "Clip");
     let group = |n: &pb::NodeProto| onnx::get_attr_int(n, "group").unwrap_or(1);
     let dims = |t: &str| inits.get(t).map(|t| t.dims.as_slice());

@@ -19,23 +19,12 @@ struct Pair {
 }
 
 fn pairs(g: &pb::GraphProto) -> Vec<Pair> {
-    let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, n) in g.node.iter().enumerate() {
-        for inp in &n.input {
-            consumers.entry(inp.as_str()).or_default().push(i);
-        }
-    }
-    let outputs: std::collections::HashSet<&str> = g.output.iter().map(|o| o.name()).collect();
+    let readers = onnx::Readers::of(g);
+    let only = |t: &str| readers.only(t);
     let inits: HashMap<&str, &pb::TensorProto> =
         g.initializer.iter().map(|t| (t.name(), t)).collect();
-    let only = |t: &str| -> Option<usize> {
-        match consumers.get(t).map(Vec::as_slice) {
-            Some([one]) if !outputs.contains(t) => Some(*one),
-            _ => None,
-        }
-    };
     // A weight (or bias) another node also reads cannot be rescaled for this pair alone.
-    let private = |t: &str| consumers.get(t).is_some_and(|c| c.len() == 1) && inits.contains_key(t);
+    let private = |t: &str| readers.of_tensor(t).len() == 1 && inits.contains_key(t);
     let group = |n: &pb::NodeProto| onnx::get_attr_int(n, "group").unwrap_or(1);
     let mut out = Vec::new();
     for (ai, a) in g.node.iter().enumerate() {

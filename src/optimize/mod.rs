@@ -298,33 +298,38 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                 let fp32_search = fidelity::outputs_of(&mut fp32, &search)?;
                 // Candidates are written apart from the artifact's folder, and gone with it.
                 let trials = temp_dir()?;
-                // The fidelity on all `inputs`, then on their first and second halves.
-                let score_parts =
-                    |m: &Model, tag: &str, inputs: &[Tensor], reference: &[Vec<Output>]| {
-                        let p = trials.path().join(format!("{tag}.onnx"));
-                        m.save(&p)?;
-                        let mut e = Engine::load(&p, &cpu)?;
-                        let out = fidelity::outputs_of(&mut e, inputs)?;
-                        let h = out.len() / 2;
-                        let part = |a: usize, b: usize| {
-                            Ok::<f64, OptimizeError>(
-                                fidelity::compare(
-                                    &reference[a..b],
-                                    &out[a..b],
-                                    spec.manifest.family,
-                                    &spec.manifest,
-                                    fp32.io(),
-                                )?
-                                .score(),
-                            )
-                        };
-                        Ok::<Split, OptimizeError>(Split {
-                            whole: part(0, out.len())?,
-                            halves: [part(0, h)?, part(h, out.len())?],
-                        })
-                    };
+                let outputs = |m: &Model, tag: &str, inputs: &[Tensor]| {
+                    let p = trials.path().join(format!("{tag}.onnx"));
+                    m.save(&p)?;
+                    let mut e = Engine::load(&p, &cpu)?;
+                    Ok::<_, OptimizeError>(fidelity::outputs_of(&mut e, inputs)?)
+                };
+                let fidelity_of = |reference: &[Vec<Output>], out: &[Vec<Output>]| {
+                    Ok::<f64, OptimizeError>(
+                        fidelity::compare(
+                            reference,
+                            out,
+                            spec.manifest.family,
+                            &spec.manifest,
+                            fp32.io(),
+                        )?
+                        .score(),
+                    )
+                };
                 let score = |m: &Model, tag: &str, inputs: &[Tensor], reference: &[Vec<Output>]| {
-                    Ok::<f64, OptimizeError>(score_parts(m, tag, inputs, reference)?.whole)
+                    fidelity_of(reference, &outputs(m, tag, inputs)?)
+                };
+                // On the search images, and on each half of them.
+                let split = |m: &Model| {
+                    let out = outputs(m, "mixed", &search)?;
+                    let (r, h) = (&fp32_search, out.len() / 2);
+                    Ok::<Split, OptimizeError>(Split {
+                        whole: fidelity_of(r, &out)?,
+                        halves: [
+                            fidelity_of(&r[..h], &out[..h])?,
+                            fidelity_of(&r[h..], &out[h..])?,
+                        ],
+                    })
                 };
                 // Sensitivity, of two kinds of unit. Each computing node (weighted layers, adds,
                 // activations) quantized on its own: its weights and the activations around it,
@@ -365,15 +370,14 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                 }
                 let mut order: Vec<usize> = (0..sensitivity.len()).collect();
                 order.sort_by(|&a, &b| sensitivity[a].fidelity.total_cmp(&sensitivity[b].fidelity));
-                let mut split = score_parts(&q, "mixed", &search, &fp32_search)?;
-                let mut fid = split.whole;
+                let mut now = split(&q)?;
                 // Units put back in float, in the order the search kept them.
                 let mut kept: Vec<usize> = Vec::new();
                 // Greedy, most sensitive first, and a unit goes back to float only if that
                 // helps the whole model: errors of neighbouring layers partly cancel, so a
                 // layer that hurts alone need not hurt in company.
                 for (i, &u) in order.iter().take(MAX_SEARCH_TRIALS).enumerate() {
-                    if fid >= target_fid {
+                    if now.whole >= target_fid {
                         break;
                     }
                     let mut trial = exclude.clone();
@@ -383,15 +387,16 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                     }
                     let (tq, trep) =
                         qdq::quantize(&src, &ranges, &stats.channel_means, act, &trial)?;
-                    let tsplit = score_parts(&tq, "mixed", &search, &fp32_search)?;
+                    let then = split(&tq)?;
                     progress("mixed precision", i as u64 + 1, MAX_SEARCH_TRIALS as u64);
-                    if worth_keeping(split, tsplit, target_fid) {
-                        tracing::info!(unit = %sensitivity[u].layer, fidelity = tsplit.whole, "kept in float");
+                    if worth_keeping(now, then, target_fid) {
+                        tracing::info!(unit = %sensitivity[u].layer, fidelity = then.whole, "kept in float");
                         sensitivity[u].kept_in_float = true;
                         kept.push(u);
-                        (exclude, q, rep, fid, split) = (trial, tq, trep, tsplit.whole, tsplit);
+                        (exclude, q, rep, now) = (trial, tq, trep, then);
                     }
                 }
+                let mut fid = now.whole;
                 // Backward: a unit kept early may no longer be needed once later ones are in
                 // float (their errors overlapped). Each goes back to int8 if the whole model
                 // holds the target without it, or, short of the target, loses nothing.

@@ -33,7 +33,7 @@
 //! assert_eq!(pool.input[0], "logits");
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use crate::onnx::{self, pb, Model};
 
@@ -45,7 +45,7 @@ pub fn pool_the_logits(
     skip: impl Fn(&pb::NodeProto) -> bool,
 ) -> Option<(Model, Vec<String>)> {
     let g = model.graph();
-    let producer = super::qdq::producers(g);
+    let producer = onnx::producers(g);
     let mut replace: HashMap<usize, Vec<pb::NodeProto>> = HashMap::new();
     let mut tests = Vec::new();
     for (i, n) in g.node.iter().enumerate() {
@@ -110,7 +110,8 @@ pub fn pool_the_logits(
             None => og.node.push(n),
         }
     }
-    drop_dead_nodes(og);
+    // The exported pool and its Transposes, now read by nothing.
+    onnx::drop_dead_nodes(og);
     Some((out, tests))
 }
 
@@ -173,33 +174,4 @@ fn peak_test<'g>(
     let input = through_transposes(g, producer, &pool.input[0]);
     (input.base == h.base && input.perm.is_none())
         .then(|| (sigmoid.input[0].as_str(), pool, h.perm.clone()))
-}
-
-/// Removes the nodes whose outputs nothing reads, until none is left: the exported pool and its
-/// Transposes once the peak test reads the logits, or a DequantizeLinear that no float op needs.
-pub fn drop_dead_nodes(g: &mut pb::GraphProto) {
-    loop {
-        let mut read: HashSet<&str> = g.output.iter().map(|o| o.name()).collect();
-        read.extend(
-            g.node
-                .iter()
-                .flat_map(|n| n.input.iter().map(String::as_str)),
-        );
-        let dead: Vec<usize> = g
-            .node
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| !n.output.iter().any(|o| read.contains(o.as_str())))
-            .map(|(i, _)| i)
-            .collect();
-        if dead.is_empty() {
-            return;
-        }
-        let dead: HashSet<usize> = dead.into_iter().collect();
-        let mut i = 0;
-        g.node.retain(|_| {
-            i += 1;
-            !dead.contains(&(i - 1))
-        });
-    }
 }

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::calibrator::{per_channel_scales, Range};
 use super::{align, peaks};
-use crate::onnx::{self, pb, DataType, Model};
+use crate::onnx::{self, pb, producers, DataType, Model};
 
 /// Ops with weights, quantized per channel.
 const WEIGHTED: &[&str] = &["Conv", "MatMul", "Gemm"];
@@ -243,15 +243,6 @@ fn carrier<'g>(g: &'g pb::GraphProto, fused: &HashSet<&str>, o: &'g str) -> Opti
     }
     let act = g.node.iter().find(|m| m.input.iter().any(|i| i == o))?;
     Some(act.output[0].as_str())
-}
-
-/// The node that writes each tensor.
-pub(super) fn producers(g: &pb::GraphProto) -> HashMap<&str, usize> {
-    g.node
-        .iter()
-        .enumerate()
-        .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
-        .collect()
 }
 
 /// Input positions that carry activations (not shapes, axes, scales or weights).
@@ -614,19 +605,11 @@ pub fn quantize(
     // Two CPU-only rewrites that keep the float function. Depthwise layers widened to a channel
     // count the runtime's fast int8 kernel takes; their extra channels have a mean of zero.
     let aligned = cpu.then(|| align::widen_depthwise(model)).flatten();
-    let padded_means;
+    let widened_means;
     let (model, channel_means) = match &aligned {
         Some((m, widened)) => {
-            let mut means = channel_means.clone();
-            for w in widened {
-                for t in &w.tensors {
-                    if let Some(v) = means.get_mut(t) {
-                        v.resize(w.channels.1, 0.0);
-                    }
-                }
-            }
-            padded_means = means;
-            (m, &padded_means)
+            widened_means = align::widen_means(channel_means, widened);
+            (m, &widened_means)
         }
         None => (model, channel_means),
     };
@@ -638,12 +621,7 @@ pub fn quantize(
     let mut rewrites: Vec<String> = aligned
         .iter()
         .flat_map(|(_, w)| w)
-        .map(|w| {
-            format!(
-                "{}: depthwise, {} → {} channels (the fast int8 kernel's multiple of 16)",
-                w.layer, w.channels.0, w.channels.1
-            )
-        })
+        .map(|w| w.to_string())
         .collect();
     rewrites.extend(
         rewritten
@@ -1063,7 +1041,7 @@ pub fn quantize(
     og.node = new_nodes;
     // Nothing reads a pair whose every reader is an excluded layer, nor the dequantized copy of
     // a tensor that only an integer compare reads.
-    peaks::drop_dead_nodes(og);
+    onnx::drop_dead_nodes(og);
     let used_inits: HashSet<&str> = og
         .node
         .iter()
@@ -1478,10 +1456,7 @@ mod tests {
             ],
             vec![w, b],
         );
-        let ranges: HashMap<String, Range> = calibration_tensors(&model)
-            .into_iter()
-            .map(|t| (t, Range { lo: -4.0, hi: 4.0 }))
-            .collect();
+        let ranges = ranges_in(&model, |_| Range { lo: -4.0, hi: 4.0 });
         let means = HashMap::from([
             ("x".to_string(), vec![100.0, 200.0]),
             ("y".to_string(), vec![50.0, -50.0]),
@@ -1771,10 +1746,7 @@ mod tests {
         let (t, _) = quantize_in(&model, range, ActivationType::I8Symmetric);
         let kept = |m: &Model| m.graph().node.iter().any(|n| n.name() == "pool");
         assert!(kept(&t));
-        let ranges: HashMap<String, Range> = calibration_tensors(&model)
-            .into_iter()
-            .map(|t| (t, range("")))
-            .collect();
+        let ranges = ranges_in(&model, range);
         let exclude = Exclusions {
             names: ["pool".to_string()].into(),
             ..Default::default()
@@ -1862,10 +1834,7 @@ mod tests {
         }
 
         // Bias correction reads the widened inputs' means: with means the int32 bias moves.
-        let ranges: HashMap<String, Range> = calibration_tensors(&model)
-            .into_iter()
-            .map(|t| (t, range("")))
-            .collect();
+        let ranges = ranges_in(&model, range);
         let means: HashMap<String, Vec<f32>> = bias_correction_inputs(&model)
             .into_keys()
             .map(|t| (t, vec![1.5; 24]))
@@ -1903,14 +1872,19 @@ mod tests {
         range: impl Fn(&str) -> Range,
         act: ActivationType,
     ) -> (Model, QdqReport) {
-        let ranges: HashMap<String, Range> = calibration_tensors(model)
+        let ranges = ranges_in(model, range);
+        quantize(model, &ranges, &HashMap::new(), act, &Exclusions::default()).unwrap()
+    }
+
+    /// Each calibrated tensor of `model` in the range `range` gives it.
+    fn ranges_in(model: &Model, range: impl Fn(&str) -> Range) -> HashMap<String, Range> {
+        calibration_tensors(model)
             .into_iter()
             .map(|t| {
                 let r = range(&t);
                 (t, r)
             })
-            .collect();
-        quantize(model, &ranges, &HashMap::new(), act, &Exclusions::default()).unwrap()
+            .collect()
     }
 
     /// Small weights in steps of 0.1 around 0 (-0.3 for a one-element tensor).
