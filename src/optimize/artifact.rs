@@ -54,7 +54,7 @@ pub struct Artifact {
     pub quantized_layers: usize,
     pub excluded: Vec<String>,
     pub unknown_ops: BTreeMap<String, usize>,
-    /// Graph rewrites for the target's int8 kernels that keep the float function.
+    /// Graph rewrites for the target's int8 kernels, each with what it keeps or rounds.
     #[serde(default)]
     pub rewrites: Vec<String>,
     pub created_by: String,

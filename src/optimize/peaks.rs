@@ -12,7 +12,13 @@
 //!
 //! The one difference from the float graph: where two logits both exceed ~17, float32 rounds
 //! both sigmoids to 1.0 and the exported graph keeps both as peaks; the rewrite keeps the
-//! larger. Scores are untouched (the Mul still reads the sigmoid).
+//! larger. Scores are untouched: the Mul still reads the sigmoid.
+//!
+//! The second rewrite, [`scores_on_integers`], takes the rest of the heatmap off float: the
+//! masked scores `Sigmoid(logits) * Cast(keep)` that go to TopK. The sigmoid of 8-bit logits
+//! takes at most 256 values; on the fixed grid of 1/255 it runs as a table lookup, and the mask
+//! multiplies integers. Scores move by at most 1/510, the same peaks are found, and scores that
+//! now round alike may trade places in TopK's order.
 //!
 //! ```
 //! use edgesight::onnx::{self, pb, Model};
@@ -35,7 +41,7 @@
 
 use std::collections::HashMap;
 
-use crate::onnx::{self, pb, Model};
+use crate::onnx::{self, pb, DataType, Model};
 
 /// The graph with every heatmap peak test rewritten onto the logits, and the Equal nodes that
 /// were; `None` when it has none. A peak test whose MaxPool `skip` names (an excluded layer) is
@@ -174,4 +180,180 @@ fn peak_test<'g>(
     let input = through_transposes(g, producer, &pool.input[0]);
     (input.base == h.base && input.perm.is_none())
         .then(|| (sigmoid.input[0].as_str(), pool, h.perm.clone()))
+}
+
+/// The fixed grid of scores in [0, 1]: 255 steps, zero at integer 0.
+const SCORE_SCALE: f32 = 1.0 / 255.0;
+
+/// One masked heatmap: `Mul(P(Sigmoid(DQ(logits))), Cast(keep))`, P a chain of Transposes.
+struct MaskedScores {
+    sigmoid: usize,
+    /// The node that reads the sigmoid (the first Transpose, or the Mul).
+    first_reader: usize,
+    mul: usize,
+    /// The Mul's input slots: the moved scores, and the cast mask.
+    score_slot: usize,
+    cast: usize,
+    /// Tensors that change from float to uint8: the Transposes' outputs and the mask.
+    retyped: Vec<String>,
+}
+
+/// The graph with every masked heatmap computed on integers, and the Mul nodes that were;
+/// `None` when it has none. For a quantized graph (the logits come from a
+/// DequantizeLinear), CPU only: the sigmoid gets a Q/DQ pair on the fixed grid of 1/255 (ONNX
+/// Runtime fuses it into a table lookup), the Transposes move uint8, the boolean mask is cast
+/// to uint8 instead of float and the Mul of the two runs as an integer multiply onto the same
+/// grid. On CenterNet this replaces a dequantize, a float sigmoid, a cast and a multiply over
+/// 80x128x128 values. A Mul or Sigmoid that `skip` names (an excluded layer) is left alone.
+pub fn scores_on_integers(
+    model: &Model,
+    skip: impl Fn(&pb::NodeProto) -> bool,
+) -> Option<(Model, Vec<String>)> {
+    let g = model.graph();
+    let producer = onnx::producers(g);
+    let readers = onnx::Readers::of(g);
+    let types = onnx::infer_elem_types(model);
+    let of = |t: &str| producer.get(t).map(|&p| (p, &g.node[p]));
+    let mut sites = Vec::new();
+    for (i, n) in g.node.iter().enumerate() {
+        if n.op_type() != "Mul" || n.input.len() != 2 || skip(n) {
+            continue;
+        }
+        let site = (0..2).find_map(|score_slot| {
+            let (cast, c) = of(&n.input[1 - score_slot])?;
+            let bool_mask = c.op_type() == "Cast"
+                && onnx::get_attr_int(c, "to") == Some(DataType::Float as i64)
+                && types.get(c.input[0].as_str()) == Some(&(DataType::Bool as i32))
+                && readers.only(&c.output[0]) == Some(i);
+            if !bool_mask {
+                return None;
+            }
+            let mut retyped = vec![c.output[0].clone()];
+            let (mut t, mut reader) = (n.input[score_slot].as_str(), i);
+            loop {
+                if readers.only(t) != Some(reader) {
+                    return None;
+                }
+                let (p, pn) = of(t)?;
+                match pn.op_type() {
+                    "Transpose" => {
+                        retyped.push(t.to_string());
+                        (t, reader) = (pn.input[0].as_str(), p);
+                    }
+                    "Sigmoid" if !skip(pn) => {
+                        let (_, dq) = of(&pn.input[0])?;
+                        return (dq.op_type() == "DequantizeLinear").then_some(MaskedScores {
+                            sigmoid: p,
+                            first_reader: reader,
+                            mul: i,
+                            score_slot,
+                            cast,
+                            retyped,
+                        });
+                    }
+                    _ => return None,
+                }
+            }
+        });
+        sites.extend(site);
+    }
+    if sites.is_empty() {
+        return None;
+    }
+    let mut out = model.clone();
+    let og = out.graph_mut();
+    let old = std::mem::take(&mut og.node);
+    let mut names = Vec::new();
+    let mut after: HashMap<usize, Vec<pb::NodeProto>> = HashMap::new();
+    let mut before: HashMap<usize, Vec<pb::NodeProto>> = HashMap::new();
+    let mut nodes = old.clone();
+    let mut retyped = Vec::new();
+    for s in sites {
+        let scores = old[s.sigmoid].output[0].clone();
+        let (scale, zp) = (
+            format!("{scores}__score_scale"),
+            format!("{scores}__score_zp"),
+        );
+        og.initializer
+            .push(onnx::tensor_from_f32(&scale, &[], &[SCORE_SCALE]));
+        og.initializer.push(onnx::tensor_from_u8(&zp, &[], &[0]));
+        let q = format!("{scores}__score_q");
+        after.entry(s.sigmoid).or_default().push(onnx::node(
+            "QuantizeLinear",
+            &format!("{scores}__score_Q"),
+            &[&scores, &scale, &zp],
+            &[&q],
+            vec![],
+        ));
+        for t in nodes[s.first_reader]
+            .input
+            .iter_mut()
+            .filter(|t| **t == scores)
+        {
+            *t = q.clone();
+        }
+        // The Mul reads the moved integers back as scores, and the mask as 0 or 1.
+        let moved = nodes[s.mul].input[s.score_slot].clone();
+        let mask = old[s.cast].output[0].clone();
+        let mask_scale = format!("{mask}__mask_scale");
+        og.initializer
+            .push(onnx::tensor_from_f32(&mask_scale, &[], &[1.0]));
+        let cast = &mut nodes[s.cast];
+        cast.attribute.retain(|a| a.name() != "to");
+        cast.attribute
+            .push(onnx::attr_int("to", DataType::Uint8 as i64));
+        after.entry(s.cast).or_default().push(onnx::node(
+            "DequantizeLinear",
+            &format!("{mask}__mask_DQ"),
+            &[&mask, &mask_scale, &zp],
+            &[&format!("{mask}__mask_dq")],
+            vec![],
+        ));
+        let (moved_q, moved_dq) = if s.first_reader == s.mul {
+            (q.clone(), format!("{scores}__score_dq"))
+        } else {
+            (moved.clone(), format!("{moved}__score_dq"))
+        };
+        before.entry(s.mul).or_default().push(onnx::node(
+            "DequantizeLinear",
+            &format!("{moved_dq}__DQ"),
+            &[&moved_q, &scale, &zp],
+            &[&moved_dq],
+            vec![],
+        ));
+        let mul = &mut nodes[s.mul];
+        mul.input[s.score_slot] = moved_dq;
+        mul.input[1 - s.score_slot] = format!("{mask}__mask_dq");
+        // The product lands on the scores' grid: an integer multiply by 0 or 1, exactly.
+        let product = mul.output[0].clone();
+        let masked = format!("{product}__masked");
+        mul.output[0] = masked.clone();
+        after.entry(s.mul).or_default().extend([
+            onnx::node(
+                "QuantizeLinear",
+                &format!("{product}__masked_Q"),
+                &[&masked, &scale, &zp],
+                &[&format!("{masked}_q")],
+                vec![],
+            ),
+            onnx::node(
+                "DequantizeLinear",
+                &format!("{product}__masked_DQ"),
+                &[&format!("{masked}_q"), &scale, &zp],
+                &[&product],
+                vec![],
+            ),
+        ]);
+        names.push(old[s.mul].name().to_string());
+        retyped.extend(s.retyped);
+    }
+    for (i, n) in nodes.into_iter().enumerate() {
+        og.node.extend(before.remove(&i).unwrap_or_default());
+        og.node.push(n);
+        og.node.extend(after.remove(&i).unwrap_or_default());
+    }
+    // Shapes recorded for the float tensors would now contradict their type.
+    og.value_info
+        .retain(|v| !retyped.iter().any(|t| t == v.name()));
+    Some((out, names))
 }

@@ -178,7 +178,7 @@ pub struct QdqReport {
     pub excluded: Vec<String>,
     /// Op types the quantizer does not know, left in float: (op, count).
     pub unknown_ops: BTreeMap<String, usize>,
-    /// Rewrites for the CPU runtime's int8 kernels that keep the float function.
+    /// Rewrites for the CPU runtime's int8 kernels, each with what it keeps or rounds.
     pub rewrites: Vec<String>,
 }
 
@@ -1070,6 +1070,17 @@ pub fn quantize(
         .collect();
     og.input
         .retain(|v| !inits.contains(v.name()) || kept.contains(v.name()));
+    // Heatmap scores on a fixed 8-bit grid, once every tensor has its pair (CPU only).
+    if let Some((scored, muls)) = cpu
+        .then(|| peaks::scores_on_integers(&out, |n| exclude.excludes(n)))
+        .flatten()
+    {
+        out = scored;
+        report.rewrites.extend(
+            muls.iter()
+                .map(|m| format!("{m}: masked heatmap scores in uint8 on a grid of 1/255 (each moves by at most 1/510)")),
+        );
+    }
     Ok((out, report))
 }
 
@@ -1681,31 +1692,8 @@ mod tests {
     /// integers and an integer compare; scores still come from the float sigmoid.
     #[test]
     fn peak_test_pools_and_compares_the_integer_logits() {
-        let perm = |name: &str, i: &str, o: &str, p: &[i64]| {
-            onnx::node(
-                "Transpose",
-                name,
-                &[i],
-                &[o],
-                vec![onnx::attr_ints("perm", p)],
-            )
-        };
-        let (nhwc, nchw) = ([0, 2, 3, 1], [0, 3, 1, 2]);
-        let model = model_of(
-            vec![
-                onnx::node("Conv", "head", &["x", "w"], &["logits"], vec![]),
-                onnx::node("Sigmoid", "sig", &["logits"], &["h"], vec![]),
-                perm("t1", "h", "h_nhwc", &nhwc),
-                perm("t2", "h_nhwc", "h_back", &nchw),
-                onnx::node("MaxPool", "pool", &["h_back"], &["hmax"], vec![]),
-                perm("t3", "hmax", "hmax_nhwc", &nhwc),
-                onnx::node("Equal", "peak", &["h_nhwc", "hmax_nhwc"], &["keep"], vec![]),
-                onnx::node("Cast", "f", &["keep"], &["keepf"], vec![]),
-                onnx::node("Mul", "score", &["h_nhwc", "keepf"], &["out"], vec![]),
-            ],
-            vec![weights("w", &[4, 3, 1, 1])],
-        );
-        let range = |_: &str| Range { lo: -6.0, hi: 2.0 };
+        let (model, range) = (heatmap_head(), heatmap_range);
+        let nhwc = [0, 2, 3, 1];
         let (q, _) = quantize_in(&model, range, ActivationType::U8Asymmetric);
         let g = q.graph();
         let by_op = |op: &'static str| g.node.iter().filter(move |n| n.op_type() == op);
@@ -1863,6 +1851,126 @@ mod tests {
         let (t, _) = quantize_in(&model, range, ActivationType::I8Symmetric);
         let dw = t.graph().node.iter().find(|n| n.name() == "dw").unwrap();
         assert_eq!(onnx::get_attr_int(dw, "group"), Some(24));
+    }
+
+    const NHWC: [i64; 4] = [0, 2, 3, 1];
+
+    /// CenterNet's heatmap head as tf2onnx exports it: sigmoid, a peak test with the pool
+    /// between two Transposes that cancel, and the scores masked by the peaks.
+    fn heatmap_head() -> Model {
+        let perm = |name: &str, i: &str, o: &str, p: &[i64]| {
+            onnx::node(
+                "Transpose",
+                name,
+                &[i],
+                &[o],
+                vec![onnx::attr_ints("perm", p)],
+            )
+        };
+        model_of(
+            vec![
+                onnx::node("Conv", "head", &["x", "w"], &["logits"], vec![]),
+                onnx::node("Sigmoid", "sig", &["logits"], &["h"], vec![]),
+                perm("t1", "h", "h_nhwc", &NHWC),
+                perm("t2", "h_nhwc", "h_back", &[0, 3, 1, 2]),
+                onnx::node("MaxPool", "pool", &["h_back"], &["hmax"], vec![]),
+                perm("t3", "hmax", "hmax_nhwc", &NHWC),
+                onnx::node("Equal", "peak", &["h_nhwc", "hmax_nhwc"], &["keep"], vec![]),
+                onnx::node(
+                    "Cast",
+                    "f",
+                    &["keep"],
+                    &["keepf"],
+                    vec![onnx::attr_int("to", 1)],
+                ),
+                onnx::node("Mul", "score", &["h_nhwc", "keepf"], &["out"], vec![]),
+            ],
+            vec![weights("w", &[4, 3, 1, 1])],
+        )
+    }
+
+    fn heatmap_range(_: &str) -> Range {
+        Range { lo: -6.0, hi: 2.0 }
+    }
+
+    /// The masked scores that go to TopK run on integers (CPU): the sigmoid on the fixed grid
+    /// of 1/255, the Transpose moving uint8, the mask cast to uint8 and the Mul of the two
+    /// landing on the same grid, where a multiply by 0 or 1 is exact.
+    #[test]
+    fn masked_scores_multiply_integers_on_a_fixed_grid() {
+        let model = heatmap_head();
+        let (q, report) = quantize_in(&model, heatmap_range, ActivationType::U8Asymmetric);
+        let g = q.graph();
+        let node = |name: &str| g.node.iter().find(|n| n.name() == name).unwrap();
+        let init = |t: &str| g.initializer.iter().find(|i| i.name() == t).unwrap();
+        let writer = |t: &str| {
+            g.node
+                .iter()
+                .find(|n| n.output.iter().any(|o| o == t))
+                .unwrap()
+        };
+        let score_q = writer("h__score_q");
+        assert_eq!(score_q.op_type(), "QuantizeLinear");
+        assert_eq!(score_q.input[0], "h", "the sigmoid's output");
+        assert_eq!(
+            onnx::tensor_f32(init(&score_q.input[1])),
+            Some(vec![1.0 / 255.0])
+        );
+        let zp = init(&score_q.input[2]);
+        assert_eq!(
+            (zp.data_type(), zp.raw_data()),
+            (DataType::Uint8 as i32, &[0u8][..])
+        );
+        assert_eq!(
+            node("t1").input[0],
+            "h__score_q",
+            "the Transpose moves integers"
+        );
+        assert_eq!(
+            onnx::get_attr_int(node("f"), "to"),
+            Some(DataType::Uint8 as i64)
+        );
+        let mul = node("score");
+        assert_eq!(mul.input, ["h_nhwc__score_dq", "keepf__mask_dq"]);
+        let mask_dq = writer("keepf__mask_dq");
+        assert_eq!(onnx::tensor_f32(init(&mask_dq.input[1])), Some(vec![1.0]));
+        // The product is requantized onto the scores' grid, and the graph output keeps its name.
+        let requant = g.node.iter().find(|n| n.input[0] == mul.output[0]).unwrap();
+        assert_eq!(requant.op_type(), "QuantizeLinear");
+        assert_eq!(requant.input[1], score_q.input[1]);
+        assert_eq!(writer("out").op_type(), "DequantizeLinear");
+        assert!(
+            report
+                .rewrites
+                .iter()
+                .any(|r| r.starts_with("score: masked")),
+            "{:?}",
+            report.rewrites
+        );
+
+        // TensorRT keeps float scores, and so does an excluded sigmoid or Mul.
+        let float_scores = |m: &Model| {
+            let g = m.graph();
+            g.node
+                .iter()
+                .any(|n| n.name() == "score" && n.input[1] == "keepf")
+                && !g
+                    .node
+                    .iter()
+                    .any(|n| n.output.iter().any(|o| o == "h__score_q"))
+        };
+        let (t, _) = quantize_in(&model, heatmap_range, ActivationType::I8Symmetric);
+        assert!(float_scores(&t));
+        for name in ["sig", "score"] {
+            let exclude = Exclusions {
+                names: [name.to_string()].into(),
+                ..Default::default()
+            };
+            let ranges = ranges_in(&model, heatmap_range);
+            let act = ActivationType::U8Asymmetric;
+            let (e, _) = quantize(&model, &ranges, &HashMap::new(), act, &exclude).unwrap();
+            assert!(float_scores(&e), "{name} excluded");
+        }
     }
 
     /// Quantizes with each calibrated tensor in the range `range` gives it, no exclusion, no
