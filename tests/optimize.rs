@@ -858,6 +858,20 @@ fn int8_centernet_reports_agreement_by_class() {
     assert!(person >= 0.9, "person AP50 {person}");
     let report = std::fs::read_to_string(art.join("report.md")).unwrap();
     assert!(report.contains("| person | "), "{report}");
+    // How much the mean rests on these 40 frames: rare classes come and go between draws.
+    let map = fid["map50"].as_float().unwrap();
+    let iv: Vec<f64> = fid["map50_interval"]
+        .as_array()
+        .expect("an interval")
+        .iter()
+        .map(|v| v.as_float().unwrap())
+        .collect();
+    assert!(
+        iv[0] <= map && map <= iv[1] && iv[1] - iv[0] > 0.05,
+        "{map} {iv:?}"
+    );
+    let shown = format!("| {map:.4} ({:.2}–{:.2}) |", iv[0], iv[1]);
+    assert!(report.contains(&shown), "{shown} in {report}");
     // The frame where the boxes differ most, drawn by each model, as JPEGs the report shows.
     let a = artifact(&art);
     let c = &a["comparison"];

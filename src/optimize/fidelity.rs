@@ -32,6 +32,10 @@ pub struct Fidelity {
     /// weighs a class FP32 found once as much as one it found hundreds of times.
     #[serde(default)]
     pub per_class: Vec<ClassAgreement>,
+    /// Detectors only: how far `map50` moves with the choice of held-out frames (5th and 95th
+    /// percentiles, [`map50_interval_of`]).
+    #[serde(default)]
+    pub map50_interval: Option<(f64, f64)>,
     /// Embedders with identities: verification AUC of (FP32, optimized).
     pub auc: Option<(f64, f64)>,
 }
@@ -327,6 +331,7 @@ pub fn compare_with_identities(
         per_output_cosine.values().sum::<f64>() / per_output_cosine.len().max(1) as f64;
 
     let mut per_class = Vec::new();
+    let mut map50_interval = None;
     let map50 = if family.is_detector() {
         let det = build_detector(manifest, io)?;
         // Candidates are decoded down to a low score, as COCO's mAP does: AP then measures how
@@ -343,7 +348,9 @@ pub fn compare_with_identities(
                 .collect()
         };
         let pred = decode(det_low.as_ref(), candidate)?;
-        per_class = agreement_ap50_per_class(&decode(det.as_ref(), reference)?, &pred);
+        let truth = decode(det.as_ref(), reference)?;
+        per_class = agreement_ap50_per_class(&truth, &pred);
+        map50_interval = map50_interval_of(&truth, &pred, BOOTSTRAP_ROUNDS);
         Some(mean_ap(&per_class, &pred))
     } else {
         None
@@ -365,6 +372,7 @@ pub fn compare_with_identities(
         per_output_cosine,
         map50,
         per_class,
+        map50_interval,
         auc,
     })
 }
@@ -393,33 +401,42 @@ pub fn agreement_ap50_per_class(
     truth: &[Vec<Detection>],
     pred: &[Vec<Detection>],
 ) -> Vec<ClassAgreement> {
-    let classes: BTreeSet<u32> = truth.iter().flatten().map(|d| d.class_id).collect();
-    let mut out = Vec::new();
-    for c in classes {
-        let n_truth = truth.iter().flatten().filter(|d| d.class_id == c).count();
-        // (score, is true positive), over all frames.
-        let mut hits: Vec<(f32, bool)> = Vec::new();
-        for (t, p) in truth.iter().zip(pred) {
-            let gts: Vec<&Detection> = t.iter().filter(|d| d.class_id == c).collect();
-            let mut used = vec![false; gts.len()];
-            let mut ps: Vec<&Detection> = p.iter().filter(|d| d.class_id == c).collect();
-            ps.sort_by(|a, b| b.score.total_cmp(&a.score));
-            for d in ps {
-                let best = gts
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| !used[*i])
-                    .map(|(i, g)| (i, d.bbox.iou(&g.bbox)))
-                    .max_by(|a, b| a.1.total_cmp(&b.1));
-                match best {
-                    Some((i, o)) if o >= 0.5 => {
-                        used[i] = true;
-                        hits.push((d.score, true));
-                    }
-                    _ => hits.push((d.score, false)),
-                }
-            }
+    let hits = frame_hits(truth, pred);
+    let frames: Vec<usize> = (0..truth.len()).collect();
+    let mut out: Vec<ClassAgreement> = hits
+        .iter()
+        .filter_map(|c| {
+            let (ap, instances) = c.ap50(&frames)?;
+            Some(ClassAgreement {
+                label: c.label.clone(),
+                instances,
+                ap50: ap,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| b.instances.cmp(&a.instances).then(a.label.cmp(&b.label)));
+    out
+}
+
+/// One class's matches, frame by frame: what an AP over any choice of frames needs.
+struct ClassHits {
+    label: String,
+    /// Per frame: FP32's instances, and (score, true positive) of each candidate box.
+    frames: Vec<(usize, Vec<(f32, bool)>)>,
+}
+
+impl ClassHits {
+    /// All-point interpolated AP over `frames` (repeats count again), with the instances it
+    /// was measured on; `None` when those frames hold no instance.
+    fn ap50(&self, frames: &[usize]) -> Option<(f64, usize)> {
+        let n_truth: usize = frames.iter().map(|&f| self.frames[f].0).sum();
+        if n_truth == 0 {
+            return None;
         }
+        let mut hits: Vec<(f32, bool)> = frames
+            .iter()
+            .flat_map(|&f| self.frames[f].1.iter().copied())
+            .collect();
         hits.sort_by(|a, b| b.0.total_cmp(&a.0));
         let (mut tp, mut fp) = (0usize, 0usize);
         let mut curve: Vec<(f64, f64)> = Vec::new(); // (recall, precision)
@@ -434,25 +451,97 @@ pub fn agreement_ap50_per_class(
         // Precision envelope, then the area under the recall steps.
         let mut ap = 0.0;
         let mut prev_recall = 0.0;
-        for i in 0..curve.len() {
-            let p_env = curve[i..].iter().map(|x| x.1).fold(0.0, f64::max);
-            ap += (curve[i].0 - prev_recall) * p_env;
-            prev_recall = curve[i].0;
+        let mut envelope = vec![0.0f64; curve.len()];
+        for i in (0..curve.len()).rev() {
+            envelope[i] = curve[i].1.max(envelope.get(i + 1).copied().unwrap_or(0.0));
         }
-        let label = truth
-            .iter()
-            .flatten()
-            .find(|d| d.class_id == c)
-            .map(|d| d.label.clone())
-            .unwrap_or_default();
-        out.push(ClassAgreement {
-            label,
-            instances: n_truth,
-            ap50: ap,
-        });
+        for (i, (recall, _)) in curve.iter().enumerate() {
+            ap += (recall - prev_recall) * envelope[i];
+            prev_recall = *recall;
+        }
+        Some((ap, n_truth))
     }
-    out.sort_by(|a, b| b.instances.cmp(&a.instances).then(a.label.cmp(&b.label)));
-    out
+}
+
+/// Matches each frame's candidates to FP32's boxes of the same class, greedily by score at
+/// IoU 0.5, for every class FP32 found.
+fn frame_hits(truth: &[Vec<Detection>], pred: &[Vec<Detection>]) -> Vec<ClassHits> {
+    let classes: BTreeSet<u32> = truth.iter().flatten().map(|d| d.class_id).collect();
+    classes
+        .into_iter()
+        .map(|c| {
+            let frames = truth
+                .iter()
+                .zip(pred)
+                .map(|(t, p)| {
+                    let gts: Vec<&Detection> = t.iter().filter(|d| d.class_id == c).collect();
+                    let mut used = vec![false; gts.len()];
+                    let mut ps: Vec<&Detection> = p.iter().filter(|d| d.class_id == c).collect();
+                    ps.sort_by(|a, b| b.score.total_cmp(&a.score));
+                    let hits = ps
+                        .into_iter()
+                        .map(|d| {
+                            let best = gts
+                                .iter()
+                                .enumerate()
+                                .filter(|(i, _)| !used[*i])
+                                .map(|(i, g)| (i, d.bbox.iou(&g.bbox)))
+                                .max_by(|a, b| a.1.total_cmp(&b.1));
+                            match best {
+                                Some((i, o)) if o >= 0.5 => {
+                                    used[i] = true;
+                                    (d.score, true)
+                                }
+                                _ => (d.score, false),
+                            }
+                        })
+                        .collect();
+                    (gts.len(), hits)
+                })
+                .collect();
+            let label = truth
+                .iter()
+                .flatten()
+                .find(|d| d.class_id == c)
+                .map(|d| d.label.clone())
+                .unwrap_or_default();
+            ClassHits { label, frames }
+        })
+        .collect()
+}
+
+/// Draws of the held-out frames behind [`Fidelity::map50_interval`]: enough for steady 5th and
+/// 95th percentiles, and well under a second.
+const BOOTSTRAP_ROUNDS: usize = 1000;
+
+/// How far agreement mAP50 moves with the choice of held-out frames: the 5th and 95th
+/// percentiles of the mean over classes when the frames are drawn again, with replacement,
+/// `rounds` times (a seeded bootstrap, so a report is reproducible). A class a draw misses
+/// drops out of that draw's mean, as it would from a set without it. `None` without frames.
+pub fn map50_interval_of(
+    truth: &[Vec<Detection>],
+    pred: &[Vec<Detection>],
+    rounds: usize,
+) -> Option<(f64, f64)> {
+    let hits = frame_hits(truth, pred);
+    let n = truth.len();
+    if n == 0 || hits.is_empty() || rounds == 0 {
+        return None;
+    }
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
+    let mut means: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let frames: Vec<usize> = (0..n).map(|_| rng.usize(..n)).collect();
+            let aps: Vec<f64> = hits
+                .iter()
+                .filter_map(|c| c.ap50(&frames).map(|(ap, _)| ap))
+                .collect();
+            aps.iter().sum::<f64>() / aps.len().max(1) as f64
+        })
+        .collect();
+    means.sort_by(f64::total_cmp);
+    let at = |q: f64| means[((rounds - 1) as f64 * q).round() as usize];
+    Some((at(0.05), at(0.95)))
 }
 
 /// The identity in a face-chip file name: `John_Salley-000183.jpg` -> `John_Salley`.
@@ -577,6 +666,27 @@ mod tests {
         // A false positive scored above the hit: precision 1/2 at recall 1/2.
         let p = vec![vec![det(0, 0.95, 200.0), det(0, 0.9, 1.0)]];
         assert!((agreement_map50(&t, &p) - 0.25).abs() < 1e-9);
+    }
+
+    /// The interval shows how much the mean rests on single frames: a class FP32 found in
+    /// one frame of ten and the candidate missed drags the mean to 0.5 in every draw holding
+    /// that frame (about 65% of them) and drops out of the rest, which agree fully.
+    #[test]
+    fn map50_interval_spans_what_one_frame_decides() {
+        let t: Vec<Vec<Detection>> = (0..10)
+            .map(|f| {
+                let mut d = vec![det(0, 0.9, 0.0)];
+                if f == 0 {
+                    d.push(det(1, 0.8, 50.0));
+                }
+                d
+            })
+            .collect();
+        let p: Vec<Vec<Detection>> = (0..10).map(|_| vec![det(0, 0.9, 0.0)]).collect();
+        assert!((agreement_map50(&t, &p) - 0.5).abs() < 1e-9);
+        assert_eq!(map50_interval_of(&t, &p, 1000), Some((0.5, 1.0)));
+        assert_eq!(map50_interval_of(&t, &t, 1000), Some((1.0, 1.0)));
+        assert_eq!(map50_interval_of(&[], &[], 1000), None);
     }
 
     #[test]

@@ -72,8 +72,20 @@ pub fn markdown(a: &Artifact) -> String {
     let _ = writeln!(
         s,
         "Fidelity and speed are measured against FP32 on {} held-out frames in `{}`, none of \
-         them in the calibration set. Latency is batch 1 on ONNX Runtime's CPU provider.\n",
-        a.heldout_images, a.heldout_dir
+         them in the calibration set. Latency is batch 1 on ONNX Runtime's CPU provider.{}\n",
+        a.heldout_images,
+        a.heldout_dir,
+        if a.figures.iter().any(|f| f
+            .fidelity
+            .as_ref()
+            .is_some_and(|x| x.map50_interval.is_some()))
+        {
+            " In brackets after agreement mAP50: where 90% of its values fall when the held-out \
+             frames are drawn again with replacement, a measure of how much the figure rests on \
+             these particular frames."
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         s,
@@ -88,7 +100,12 @@ pub fn markdown(a: &Artifact) -> String {
     for f in &a.figures {
         let (map, cos, worst, auc) = match &f.fidelity {
             Some(x) => (
-                x.map50.map(|m| format!("{m:.4}")).unwrap_or("–".into()),
+                x.map50
+                    .map(|m| match x.map50_interval {
+                        Some((lo, hi)) => format!("{m:.4} ({lo:.2}–{hi:.2})"),
+                        None => format!("{m:.4}"),
+                    })
+                    .unwrap_or("–".into()),
                 format!("{:.5}", x.mean_cosine),
                 format!("{:.5}", x.min_cosine),
                 x.auc
