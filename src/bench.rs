@@ -9,16 +9,22 @@
 //!
 //! Memory is sampled as the file plays, to show that resident memory stays flat.
 //!
+//! Given an artifact of `edgesight optimize` (`--model-dir`), each round also times the FP32
+//! model it was made from on the same frames, right after the optimized one: the speed-up the
+//! optimization bought, measured where it is used.
+//!
 //! A shared or thermally limited CPU drifts by 10% or more over a minute, which is as much as
 //! the effect being measured. So the figures are taken in rounds, each timing the bare engine,
 //! the pipeline and the analytics alone back to back, and the ratios are formed within a round;
 //! the report gives the median round and the spread.
 
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::engine::{Engine, EngineConfig, TensorRtOptions};
 use crate::ingest::{self, Decoder, Next};
 use crate::pipeline::{self, load_model, PipelineError, RunSpec};
 use crate::preprocess::Preprocessor;
@@ -32,6 +38,8 @@ pub struct Round {
     pub analytics_fps: f64,
     /// Resident memory when the round ended: it stays level if nothing leaks across runs.
     pub rss_mib: f64,
+    /// The bare engine on the baseline model (an artifact's FP32 source), same frames.
+    pub baseline_fps: Option<f64>,
 }
 
 impl Round {
@@ -42,6 +50,21 @@ impl Round {
     pub fn analytics_ratio(&self) -> f64 {
         self.analytics_fps / self.engine_fps
     }
+
+    /// How many times faster the bare engine runs than on the baseline model.
+    pub fn speedup(&self) -> Option<f64> {
+        self.baseline_fps.map(|b| self.engine_fps / b)
+    }
+}
+
+/// The bare engine on the model an artifact was optimized from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Baseline {
+    pub model: String,
+    pub engine_fps: f64,
+    /// Median over rounds of the optimized engine's fps over the baseline's.
+    pub speedup: f64,
+    pub speedup_range: (f64, f64),
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -79,25 +102,56 @@ pub struct BenchReport {
     pub peak_rss_mib: f64,
     /// (frames done, resident MiB) through the pipeline run.
     pub rss_samples: Vec<(u64, f64)>,
+    pub baseline: Option<Baseline>,
 }
 
 /// Prepares frames of the video as tensors, then runs `rounds` rounds of: the bare engine on
-/// `engine_frames` of those tensors, the pipeline on `spec`, and (when `spec` writes video) the
-/// pipeline without it. `on_round` hears each round as it ends.
+/// `engine_frames` of those tensors (then the `baseline` model on them, when given), the
+/// pipeline on `spec`, and (when `spec` writes video) the pipeline without it. `on_round`
+/// hears each round as it ends.
 pub fn run(
     spec: &RunSpec,
     engine_frames: usize,
     rounds: usize,
+    baseline: Option<&Path>,
     on_round: &mut dyn FnMut(usize, &Round),
 ) -> Result<BenchReport, PipelineError> {
     let stop = AtomicBool::new(false);
     let (mut engine, detector) = load_model(&spec.model, &spec.engine)?;
+    // The baseline takes the same tensors: an artifact keeps its source's inputs. Its engine
+    // gets none of the artifact's TensorRT settings (its engines were built for the artifact).
+    let mut base_engine = match baseline {
+        Some(path) => {
+            let cfg = EngineConfig {
+                tensorrt: TensorRtOptions::default(),
+                ..spec.engine.clone()
+            };
+            Some(Engine::load(path, &cfg)?)
+        }
+        None => None,
+    };
     // A hundred distinct frames, cycled: enough for content-dependent costs (NMS), without
     // holding hundreds of tensors in memory while the pipeline's memory is measured.
     let tensors = prepare(spec, detector.preprocess(), engine_frames.min(100))?;
     for t in tensors.iter().take(3) {
         engine.run(t)?; // warm-up: first runs allocate and pick kernels
+        if let Some(b) = base_engine.as_mut() {
+            b.run(t)?;
+        }
     }
+    let frames_per_round = engine_frames.max(1);
+    let time_engine = |e: &mut Engine, lat: Option<&mut Latency>| -> Result<f64, PipelineError> {
+        let started = Instant::now();
+        let mut lat = lat;
+        for t in tensors.iter().cycle().take(frames_per_round) {
+            let t0 = Instant::now();
+            e.run(t)?;
+            if let Some(l) = lat.as_deref_mut() {
+                l.record(t0.elapsed());
+            }
+        }
+        Ok(frames_per_round as f64 / started.elapsed().as_secs_f64())
+    };
 
     let mut all = Vec::new();
     let mut lat = Latency::default();
@@ -105,13 +159,11 @@ pub fn run(
     let mut frames = 0;
     for i in 0..rounds.max(1) {
         // Bare engine: the same frames, already tensors, nothing else running.
-        let started = Instant::now();
-        for t in tensors.iter().cycle().take(engine_frames.max(1)) {
-            let t0 = Instant::now();
-            engine.run(t)?;
-            lat.record(t0.elapsed());
-        }
-        let engine_fps = engine_frames.max(1) as f64 / started.elapsed().as_secs_f64();
+        let engine_fps = time_engine(&mut engine, Some(&mut lat))?;
+        let baseline_fps = match base_engine.as_mut() {
+            Some(b) => Some(time_engine(b, None)?),
+            None => None,
+        };
 
         let mut next_sample = 0u64;
         let first = i == 0;
@@ -140,17 +192,27 @@ pub fn run(
             pipeline_fps: summary.fps,
             analytics_fps,
             rss_mib: rss_mib().0,
+            baseline_fps,
         };
         on_round(i, &round);
         all.push(round);
     }
-    let range = |f: fn(&Round) -> f64| {
+    let range = |f: &dyn Fn(&Round) -> f64| {
         all.iter()
             .map(f)
             .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
                 (lo.min(x), hi.max(x))
             })
     };
+    let baseline = baseline.map(|path| {
+        let speedup = |r: &Round| r.speedup().unwrap_or(f64::NAN);
+        Baseline {
+            model: path.display().to_string(),
+            engine_fps: median(all.iter().filter_map(|r| r.baseline_fps).collect()),
+            speedup: median(all.iter().map(speedup).collect()),
+            speedup_range: range(&speedup),
+        }
+    });
     Ok(BenchReport {
         model: spec.model.name.clone(),
         input: ingest::redact(&spec.input),
@@ -161,13 +223,14 @@ pub fn run(
         engine_fps: median(all.iter().map(|r| r.engine_fps).collect()),
         engine_latency: lat.percentiles(),
         ratio: median(all.iter().map(Round::ratio).collect()),
-        ratio_range: range(Round::ratio),
+        ratio_range: range(&Round::ratio),
         analytics_fps: median(all.iter().map(|r| r.analytics_fps).collect()),
         analytics_ratio: median(all.iter().map(Round::analytics_ratio).collect()),
-        analytics_ratio_range: range(Round::analytics_ratio),
+        analytics_ratio_range: range(&Round::analytics_ratio),
         peak_rss_mib: rss_mib().1,
         rss_samples: samples,
         rounds: all,
+        baseline,
     })
 }
 

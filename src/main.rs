@@ -320,19 +320,34 @@ fn bench(
     if args.out.is_none() && args.pipeline.is_none() {
         spec.out_dir = PathBuf::from("out/bench");
     }
+    let baseline = args
+        .model_dir
+        .as_deref()
+        .map(artifact_source)
+        .transpose()?
+        .flatten();
     eprintln!("bench: {rounds} rounds on {} ...", spec.input);
-    let r = edgesight::bench::run(&spec, engine_frames, rounds, &mut |i, r| {
-        eprintln!(
-            "  round {}: engine {:.1} fps, pipeline {:.1} fps ({:.3}), analytics {:.1} fps ({:.3}), RSS {:.0} MiB",
+    let r = edgesight::bench::run(
+        &spec,
+        engine_frames,
+        rounds,
+        baseline.as_deref(),
+        &mut |i, r| {
+            eprintln!(
+            "  round {}: engine {:.1} fps{}, pipeline {:.1} fps ({:.3}), analytics {:.1} fps ({:.3}), RSS {:.0} MiB",
             i + 1,
             r.engine_fps,
+            r.speedup()
+                .map(|x| format!(" ({x:.2}x the source's)"))
+                .unwrap_or_default(),
             r.pipeline_fps,
             r.ratio(),
             r.analytics_fps,
             r.analytics_ratio(),
             r.rss_mib
         )
-    })?;
+        },
+    )?;
     println!("model            {}", r.model);
     println!("input            {}", r.input);
     println!(
@@ -357,6 +372,12 @@ fn bench(
         "analytics only   {:.1} fps (no video encode), ratio {:.3} (rounds {:.3}..{:.3})",
         r.analytics_fps, r.analytics_ratio, r.analytics_ratio_range.0, r.analytics_ratio_range.1
     );
+    if let Some(b) = &r.baseline {
+        println!(
+            "vs. the source   {:.2}x the bare engine on {} ({:.1} fps; rounds {:.2}..{:.2})",
+            b.speedup, b.model, b.engine_fps, b.speedup_range.0, b.speedup_range.1
+        );
+    }
     println!("peak RSS         {:.0} MiB", r.peak_rss_mib);
     let rss: Vec<String> = r
         .rss_samples
@@ -369,6 +390,23 @@ fn bench(
             .with_context(|| format!("cannot write {}", p.display()))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The FP32 model an artifact was optimized from, when it is still where `optimize` read it
+/// and unchanged; otherwise a warning, and no comparison.
+fn artifact_source(dir: &std::path::Path) -> Result<Option<PathBuf>> {
+    let art = edgesight::optimize::artifact::Artifact::load(dir)?;
+    let source = PathBuf::from(&art.source_model);
+    let same =
+        edgesight::optimize::calibrate::file_sha256(&source).is_ok_and(|h| h == art.source_sha256);
+    if !same {
+        tracing::warn!(
+            artifact = %dir.display(),
+            source = %source.display(),
+            "the artifact's source model is missing or changed since `optimize`; timing the artifact alone"
+        );
+    }
+    Ok(same.then_some(source))
 }
 
 /// The manifest whose ONNX file is `file`.

@@ -962,3 +962,66 @@ fn int8_centernet_reports_agreement_by_class() {
         "{rewrites:?}"
     );
 }
+
+/// `bench --model-dir` times an artifact against the FP32 model it came from, round by round
+/// on the same frames; with the source changed since `optimize`, it times the artifact alone
+/// and says why.
+#[test]
+fn bench_times_an_artifact_against_its_source() {
+    let bf = "models/cache/blazeface-back-256.onnx";
+    asset(bf);
+    let tmp = tempfile::tempdir().unwrap();
+    let art = tmp.path().join("bf-int8");
+    optimize_ok(
+        &[bf, "--precision", "int8", "--runs", "3"],
+        &art,
+        tmp.path(),
+    );
+    let bench = |name: &str| {
+        let json = tmp.path().join(format!("{name}.json"));
+        let o = edgesight(&[
+            "bench",
+            "--model-dir",
+            art.to_str().unwrap(),
+            "--rounds",
+            "2",
+            "--engine-frames",
+            "10",
+            "--max-frames",
+            "10",
+            "--no-video",
+            "--out",
+            tmp.path().join(name).to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let text = std::fs::read_to_string(&json).unwrap();
+        let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+        (o, report)
+    };
+    let (o, r) = bench("with-source");
+    let b = &r["baseline"];
+    assert_eq!(b["model"].as_str(), Some(bf), "{r}");
+    let speedup = b["speedup"].as_f64().unwrap();
+    assert!(speedup.is_finite() && speedup > 0.0, "{b}");
+    for round in r["rounds"].as_array().unwrap() {
+        assert!(round["baseline_fps"].as_f64().unwrap() > 0.0, "{round}");
+    }
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("vs. the source"), "{out}");
+
+    // The source no longer matches the artifact's record of it.
+    let toml_path = art.join("artifact.toml");
+    let text = std::fs::read_to_string(&toml_path).unwrap();
+    let a: toml::Value = toml::from_str(&text).unwrap();
+    let sha = a["source_sha256"].as_str().unwrap();
+    std::fs::write(&toml_path, text.replace(sha, &"0".repeat(64))).unwrap();
+    let (o, r) = bench("changed-source");
+    assert!(r["baseline"].is_null(), "{r}");
+    assert!(
+        stderr(&o).contains("source model is missing or changed"),
+        "{}",
+        stderr(&o)
+    );
+}
