@@ -56,6 +56,26 @@ pub enum Layout {
     Nchw,
 }
 
+/// How pixels are interpolated when a frame is resized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Interpolation {
+    /// Bilinear: what every model family here is run with.
+    #[default]
+    Linear,
+    /// Bicubic: a different but equally reasonable resize, for measuring how much a model's
+    /// output moves under a change nobody would call a loss (`optimize`'s yardstick).
+    Cubic,
+}
+
+impl Interpolation {
+    fn cv(self) -> i32 {
+        match self {
+            Self::Linear => imgproc::INTER_LINEAR,
+            Self::Cubic => imgproc::INTER_CUBIC,
+        }
+    }
+}
+
 /// What a model family wants from a frame. For float tensors each channel becomes
 /// `(x - mean) / std`; uint8 tensors take the pixels as they are.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,6 +135,7 @@ fn cv_resize(
     channels: usize,
     dst: &mut Vec<u8>,
     (dw, dh): (u32, u32),
+    interpolation: Interpolation,
 ) -> Result<(), PreprocessError> {
     let (dw, dh) = (dw as usize, dh as usize);
     dst.resize(dw * dh * channels, 0);
@@ -134,7 +155,7 @@ fn cv_resize(
         Size::new(dw as i32, dh as i32),
         0.0,
         0.0,
-        imgproc::INTER_LINEAR,
+        interpolation.cv(),
     )
     .map_err(err)?;
     if before != dst_mat.data() {
@@ -228,6 +249,7 @@ fn yuv_to_rgb(
 
 pub struct Preprocessor {
     spec: PreprocessSpec,
+    interpolation: Interpolation,
     /// The resized image, packed RGB.
     scratch: Vec<u8>,
     /// Resized Y, Cb, Cr planes of an I420 frame.
@@ -243,6 +265,7 @@ impl Preprocessor {
         let _ = opencv::core::set_num_threads(1);
         Self {
             spec,
+            interpolation: Interpolation::default(),
             scratch: Vec::new(),
             planes: Default::default(),
             merged: Vec::new(),
@@ -252,6 +275,11 @@ impl Preprocessor {
 
     pub fn spec(&self) -> &PreprocessSpec {
         &self.spec
+    }
+
+    pub fn with_interpolation(mut self, interpolation: Interpolation) -> Self {
+        self.interpolation = interpolation;
+        self
     }
 
     /// Resized size and placement of the image inside the model input.
@@ -362,7 +390,7 @@ impl Preprocessor {
         let (h, w, _) = img.dim();
         let (t, size) = self.placement(w, h)?;
         let (bytes, geo) = packed_bytes(&img, 3);
-        cv_resize(&bytes, geo, 3, &mut self.scratch, size)?;
+        cv_resize(&bytes, geo, 3, &mut self.scratch, size, self.interpolation)?;
         Ok((t, size))
     }
 
@@ -376,7 +404,7 @@ impl Preprocessor {
             .zip(self.planes.iter_mut())
         {
             let (bytes, geo) = packed_bytes(src, 1);
-            cv_resize(&bytes, geo, 1, dst, size)?;
+            cv_resize(&bytes, geo, 1, dst, size, self.interpolation)?;
         }
         yuv_to_rgb(
             &yuv.matrix,
@@ -445,6 +473,38 @@ mod tests {
             "flat in, flat out"
         );
         px
+    }
+
+    /// Bicubic and bilinear agree on a flat image and part, a little, on a textured one.
+    #[test]
+    fn cubic_resize_is_another_reasonable_resize() {
+        let resized = |img: &Array3<u8>, i: Interpolation| {
+            let s = spec(Resize::Stretch, Layout::Nhwc, ElementType::U8);
+            let mut pre = Preprocessor::new(s).with_interpolation(i);
+            let (t, _) = pre.run(img.view()).unwrap();
+            let Tensor::U8(a) = t else { panic!() };
+            a
+        };
+        let flat = Array3::from_elem((20, 28, 3), 77u8);
+        assert_eq!(
+            resized(&flat, Interpolation::Linear),
+            resized(&flat, Interpolation::Cubic)
+        );
+        let texture = Array3::from_shape_fn((20, 28, 3), |(y, x, _)| {
+            (((x * 37 + y * 11) % 97) * 2) as u8
+        });
+        let (lin, cub) = (
+            resized(&texture, Interpolation::Linear),
+            resized(&texture, Interpolation::Cubic),
+        );
+        let diffs: Vec<u32> = lin
+            .iter()
+            .zip(&cub)
+            .map(|(a, b)| a.abs_diff(*b) as u32)
+            .collect();
+        let mean = diffs.iter().sum::<u32>() as f64 / diffs.len() as f64;
+        assert!(diffs.iter().any(|&d| d > 0), "bicubic is another resize");
+        assert!(mean < 20.0, "and a close one: mean difference {mean}");
     }
 
     #[test]

@@ -70,6 +70,10 @@ pub struct Artifact {
     /// Detectors: the held-out frame where the two models' boxes differ most, drawn by each.
     #[serde(default)]
     pub comparison: Option<Comparison>,
+    /// Detectors: FP32 against itself on the held-out frames resized bicubic instead of
+    /// bilinear, the scale the optimized model's agreement is read on.
+    #[serde(default)]
+    pub yardstick: Option<super::fidelity::Fidelity>,
 }
 
 /// Two annotated pictures of one held-out frame, in the artifact folder.

@@ -126,7 +126,15 @@ pub fn tensors(
     spec: &PreprocessSpec,
     progress: &dyn Fn(u64, u64),
 ) -> Result<(Vec<Tensor>, Vec<String>), OptimizeError> {
-    let mut pre = Preprocessor::new(spec.clone());
+    tensors_with(set, Preprocessor::new(spec.clone()), progress)
+}
+
+/// [`tensors`] through a preprocessor set up by the caller (another interpolation).
+pub fn tensors_with(
+    set: &ImageSet,
+    mut pre: Preprocessor,
+    progress: &dyn Fn(u64, u64),
+) -> Result<(Vec<Tensor>, Vec<String>), OptimizeError> {
     let mut out = Vec::new();
     let mut bad = Vec::new();
     for (i, p) in set.images.iter().enumerate() {

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::{Engine, EngineConfig, EngineError, Provider};
 use crate::models::{preprocess_spec, Manifest, ModelError};
 use crate::onnx::{Model, OnnxError};
-use crate::preprocess::Preprocessor;
+use crate::preprocess::{Interpolation, Preprocessor};
 use crate::stats::Percentiles;
 use crate::tensor::{Output, Tensor};
 use calibrator::{Method, Range, TensorStats};
@@ -498,6 +498,29 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
             .unwrap_or(0),
         kernels: Vec::new(),
     }];
+    // What agreement reads for a change nobody would call a loss: FP32 against itself on the
+    // same frames, resized bicubic instead of bilinear. A detector's figures need that scale:
+    // on a few dozen frames, the mean over classes moves with its rarest detections.
+    let yardstick = if spec.manifest.family.is_detector() {
+        let cubic = Preprocessor::new(pre.clone()).with_interpolation(Interpolation::Cubic);
+        let (held_cubic, _) = calibrate::tensors_with(&heldout_set, cubic, &|d, t| {
+            progress("held-out frames, bicubic", d, t)
+        })?;
+        if held_cubic.len() == held.len() {
+            Some(fidelity::compare_with_identities(
+                &fp32_out,
+                &fidelity::outputs_of(&mut fp32, &held_cubic)?,
+                spec.manifest.family,
+                &spec.manifest,
+                fp32.io(),
+                None,
+            )?)
+        } else {
+            None
+        }
+    } else {
+        None
+    };
     let mut comparison = None;
     for (k, e) in others.iter_mut().enumerate() {
         let (label, path) = &measured[k + 1];
@@ -595,6 +618,7 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
         sensitivity,
         layer_error,
         comparison,
+        yardstick,
         tensorrt,
         created_by: format!("edgesight {}", env!("CARGO_PKG_VERSION")),
     };

@@ -135,6 +135,25 @@ pub fn markdown(a: &Artifact) -> String {
             f.size_bytes as f64 / 1e6
         );
     }
+    if let Some(y) = a.yardstick.as_ref().filter(|y| y.map50.is_some()) {
+        let classes: Vec<String> = y
+            .per_class
+            .iter()
+            .map(|c| format!("{} {:.2}", c.label, c.ap50))
+            .collect();
+        let _ = writeln!(
+            s,
+            "\nFor scale: FP32 against itself on the same frames resized bicubic instead of \
+             bilinear, a change nobody would call a loss, reads agreement mAP50 {}{} (by class: \
+             {}). A model that reads at or above it differs from FP32 no more than the resize \
+             method does.",
+            y.map50.map(|m| format!("{m:.4}")).unwrap_or_default(),
+            y.map50_interval
+                .map(|(lo, hi)| format!(" ({lo:.2}–{hi:.2})"))
+                .unwrap_or_default(),
+            classes.join(", ")
+        );
+    }
     let _ = writeln!(s, "\n![latency]({LATENCY_SVG})\n");
     for f in &a.figures {
         let Some(x) = f.fidelity.as_ref().filter(|x| !x.per_class.is_empty()) else {
