@@ -1034,3 +1034,62 @@ fn bench_times_an_artifact_against_its_source() {
         stderr(&o)
     );
 }
+
+/// An FP32 artifact of CenterNet runs its 20 hard-swishes as single HardSwish ops (ONNX Runtime
+/// fuses none of TF's four-node form), agrees with the source, and `run` uses it.
+#[test]
+fn fp32_artifact_fuses_hard_swish() {
+    let cn = "models/cache/centernet-mobilenetv3.onnx";
+    asset(cn);
+    let tmp = tempfile::tempdir().unwrap();
+    let art = tmp.path().join("cn-fp32");
+    optimize_ok(
+        &[cn, "--precision", "fp32", "--runs", "3"],
+        &art,
+        tmp.path(),
+    );
+    let m = Model::load(&art.join("model.onnx")).unwrap();
+    let n = |op: &str| m.graph().node.iter().filter(|n| n.op_type() == op).count();
+    assert_eq!(n("HardSwish"), 20);
+    assert_eq!(m.opset(), 14);
+    let a = artifact(&art);
+    let figures = a["figures"].as_array().unwrap();
+    let labels: Vec<&str> = figures
+        .iter()
+        .map(|f| f["precision"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["fp32", "fp32 (rewritten)"]);
+    let map = figures[1]["fidelity"]["map50"].as_float().unwrap();
+    assert!(
+        map >= 0.99,
+        "the rewritten graph finds what the source finds: {map}"
+    );
+    let rewrites = a["rewrites"].as_array().unwrap();
+    assert_eq!(rewrites.len(), 20, "{rewrites:?}");
+    assert!(
+        rewrites[0].as_str().unwrap().contains("read as 1/6"),
+        "{rewrites:?}"
+    );
+
+    let out = tmp.path().join("run");
+    let o = edgesight(&[
+        "run",
+        "assets/bus.jpg",
+        "--model-dir",
+        art.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ev = events(&out);
+    let labels: Vec<&str> = ev[0]["detections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["label"].as_str().unwrap())
+        .collect();
+    assert!(
+        labels.contains(&"bus") && labels.contains(&"person"),
+        "{labels:?}"
+    );
+}

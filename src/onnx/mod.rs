@@ -481,6 +481,25 @@ pub fn drop_dead_nodes(g: &mut pb::GraphProto) {
     }
 }
 
+/// Removes the initializers that no node reads and no graph output names, with their entries
+/// among the graph's inputs (old exporters list initializers there too).
+pub fn drop_unused_initializers(g: &mut pb::GraphProto) {
+    let read: HashSet<&str> = g
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().map(String::as_str))
+        .chain(g.output.iter().map(|o| o.name()))
+        .collect();
+    let unused: HashSet<String> = g
+        .initializer
+        .iter()
+        .filter(|t| !read.contains(t.name()))
+        .map(|t| t.name().to_string())
+        .collect();
+    g.initializer.retain(|t| !unused.contains(t.name()));
+    g.input.retain(|v| !unused.contains(v.name()));
+}
+
 pub fn get_attr_int(n: &pb::NodeProto, name: &str) -> Option<i64> {
     n.attribute.iter().find(|a| a.name() == name).map(|a| a.i())
 }

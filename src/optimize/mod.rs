@@ -15,6 +15,7 @@ pub mod calibrator;
 pub mod equalize;
 pub mod fidelity;
 pub mod fp16;
+pub mod hardswish;
 pub mod peaks;
 pub mod qdq;
 pub mod report;
@@ -237,8 +238,19 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
     let mut qreport = None;
     // The fully quantized model, when the accuracy search moved units back to float.
     let mut plain: Option<Model> = None;
+    // Rewrites of a float graph (FP32 artifacts on the CPU); INT8's come in its report.
+    let mut float_rewrites = Vec::new();
     let candidate: Model = match spec.precision {
-        Precision::Fp32 => src.clone(),
+        Precision::Fp32 => match (spec.target == Target::Cpu)
+            .then(|| hardswish::fuse(&src))
+            .flatten()
+        {
+            Some((m, fused)) => {
+                float_rewrites = fused.iter().map(|n| n.to_string()).collect();
+                m
+            }
+            None => src.clone(),
+        },
         Precision::Fp16 => fp16::convert(&src, &fp16::Fp16Options::default())?.0,
         Precision::Int8 => {
             // Equalized weights compute the same function; the FP32 reference stays the
@@ -475,6 +487,8 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
     }
     if spec.precision != Precision::Fp32 {
         measured.push((spec.precision.to_string(), model_path.as_path()));
+    } else if !float_rewrites.is_empty() {
+        measured.push(("fp32 (rewritten)".into(), model_path.as_path()));
     }
     let mut others: Vec<Engine> = measured[1..]
         .iter()
@@ -612,7 +626,7 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
         rewrites: qreport
             .as_ref()
             .map(|r| r.rewrites.clone())
-            .unwrap_or_default(),
+            .unwrap_or(float_rewrites),
         unknown_ops: qreport.map(|r| r.unknown_ops).unwrap_or_default(),
         figures,
         sensitivity,

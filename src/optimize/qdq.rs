@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::calibrator::{per_channel_scales, Range};
-use super::{align, peaks};
+use super::{align, hardswish, peaks};
 use crate::onnx::{self, pb, producers, DataType, Model};
 
 /// Ops with weights, quantized per channel.
@@ -501,7 +501,11 @@ fn scalar_of(t: &pb::TensorProto) -> Option<f32> {
 }
 
 /// The value of a one-element float constant.
-fn scalar_constant(g: &pb::GraphProto, producer: &HashMap<&str, usize>, t: &str) -> Option<f32> {
+pub(super) fn scalar_constant(
+    g: &pb::GraphProto,
+    producer: &HashMap<&str, usize>,
+    t: &str,
+) -> Option<f32> {
     scalar_of(constant_tensor(g, producer, t)?)
 }
 
@@ -550,7 +554,7 @@ fn quantized_constant(
 }
 
 /// A Clip's constant bounds (attributes before opset 11, inputs after).
-fn clip_bounds(
+pub(super) fn clip_bounds(
     g: &pb::GraphProto,
     producer: &HashMap<&str, usize>,
     n: &pb::NodeProto,
@@ -1042,11 +1046,6 @@ pub fn quantize(
     // Nothing reads a pair whose every reader is an excluded layer, nor the dequantized copy of
     // a tensor that only an integer compare reads.
     onnx::drop_dead_nodes(og);
-    let used_inits: HashSet<&str> = og
-        .node
-        .iter()
-        .flat_map(|n| n.input.iter().map(String::as_str))
-        .collect();
     // In graph order, as their pairs were emitted.
     report.quantized_tensors = og
         .node
@@ -1056,20 +1055,8 @@ pub fn quantize(
         .filter(|t| emitted.contains(*t))
         .map(String::from)
         .collect();
-    let used =
-        |t: &pb::TensorProto| used_inits.contains(t.name()) || graph_outputs.contains(t.name());
-    let mut all_inits: Vec<pb::TensorProto> =
-        g.initializer.iter().filter(|t| used(t)).cloned().collect();
-    all_inits.extend(new_inits.into_iter().filter(|t| used(t)));
-    og.initializer = all_inits;
-    // Initializers listed as graph inputs (old exporters) must go with them.
-    let kept: HashSet<String> = og
-        .initializer
-        .iter()
-        .map(|t| t.name().to_string())
-        .collect();
-    og.input
-        .retain(|v| !inits.contains(v.name()) || kept.contains(v.name()));
+    og.initializer.extend(new_inits);
+    onnx::drop_unused_initializers(og);
     // Heatmap scores on a fixed 8-bit grid, once every tensor has its pair (CPU only).
     if let Some((scored, muls)) = cpu
         .then(|| peaks::scores_on_integers(&out, |n| exclude.excludes(n)))
@@ -1080,6 +1067,11 @@ pub fn quantize(
             muls.iter()
                 .map(|m| format!("{m}: masked heatmap scores in uint8 on a grid of 1/255 (each moves by at most 1/510)")),
         );
+    }
+    // What stays float (excluded layers) still runs on the CPU: one pass per hard-swish.
+    if let Some((fused, names)) = cpu.then(|| hardswish::fuse(&out)).flatten() {
+        out = fused;
+        report.rewrites.extend(names.iter().map(|n| n.to_string()));
     }
     Ok((out, report))
 }

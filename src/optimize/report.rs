@@ -208,7 +208,7 @@ pub fn markdown(a: &Artifact) -> String {
     if !a.rewrites.is_empty() {
         let _ = writeln!(
             s,
-            "Rewritten for the CPU's int8 kernels (each keeps what the model computes, or says what it rounds):\n\n{}\n",
+            "Rewritten for the CPU's kernels (each keeps what the model computes, or says what it rounds):\n\n{}\n",
             a.rewrites
                 .iter()
                 .map(|r| format!("- `{}", r.replacen(": ", "`: ", 1)))
