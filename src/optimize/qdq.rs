@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::calibrator::{per_channel_scales, Range};
-use super::{align, hardswish, peaks};
+use super::{align, peaks};
 use crate::onnx::{self, pb, producers, DataType, Model};
 
 /// Ops with weights, quantized per channel.
@@ -1067,11 +1067,6 @@ pub fn quantize(
             muls.iter()
                 .map(|m| format!("{m}: masked heatmap scores in uint8 on a grid of 1/255 (each moves by at most 1/510)")),
         );
-    }
-    // What stays float (excluded layers) still runs on the CPU: one pass per hard-swish.
-    if let Some((fused, names)) = cpu.then(|| hardswish::fuse(&out)).flatten() {
-        out = fused;
-        report.rewrites.extend(names.iter().map(|n| n.to_string()));
     }
     Ok((out, report))
 }
