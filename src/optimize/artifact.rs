@@ -70,8 +70,8 @@ pub struct Artifact {
     /// Detectors: the held-out frame where the two models' boxes differ most, drawn by each.
     #[serde(default)]
     pub comparison: Option<Comparison>,
-    /// Detectors: FP32 against itself on the held-out frames resized bicubic instead of
-    /// bilinear, the scale the optimized model's agreement is read on.
+    /// FP32 against itself on the held-out frames resized bicubic instead of bilinear: the
+    /// scale the optimized model's fidelity is read on.
     #[serde(default)]
     pub yardstick: Option<super::fidelity::Fidelity>,
 }

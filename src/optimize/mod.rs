@@ -517,26 +517,22 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
             .unwrap_or(0),
         kernels: Vec::new(),
     }];
-    // What agreement reads for a change nobody would call a loss: FP32 against itself on the
-    // same frames, resized bicubic instead of bilinear. A detector's figures need that scale:
-    // on a few dozen frames, the mean over classes moves with its rarest detections.
-    let yardstick = if spec.manifest.family.is_detector() {
-        let cubic = Preprocessor::new(pre.clone()).with_interpolation(Interpolation::Cubic);
-        let (held_cubic, _) = calibrate::tensors_with(&heldout_set, cubic, &|d, t| {
-            progress("held-out frames, bicubic", d, t)
-        })?;
-        if held_cubic.len() == held.len() {
-            Some(fidelity::compare_with_identities(
-                &fp32_out,
-                &fidelity::outputs_of(&mut fp32, &held_cubic)?,
-                spec.manifest.family,
-                &spec.manifest,
-                fp32.io(),
-                None,
-            )?)
-        } else {
-            None
-        }
+    // What the figures read for a change nobody would call a loss: FP32 against itself on the
+    // same frames, resized bicubic instead of bilinear. On a few dozen frames a detector's mean
+    // over classes moves with its rarest detections, and that is the scale to read it on.
+    let cubic = Preprocessor::new(pre.clone()).with_interpolation(Interpolation::Cubic);
+    let (held_cubic, _) = calibrate::tensors_with(&heldout_set, cubic, &|d, t| {
+        progress("held-out frames, bicubic", d, t)
+    })?;
+    let yardstick = if held_cubic.len() == held.len() {
+        Some(fidelity::compare_with_identities(
+            &fp32_out,
+            &fidelity::outputs_of(&mut fp32, &held_cubic)?,
+            spec.manifest.family,
+            &spec.manifest,
+            fp32.io(),
+            identities.as_deref(),
+        )?)
     } else {
         None
     };

@@ -135,23 +135,36 @@ pub fn markdown(a: &Artifact) -> String {
             f.size_bytes as f64 / 1e6
         );
     }
-    if let Some(y) = a.yardstick.as_ref().filter(|y| y.map50.is_some()) {
-        let classes: Vec<String> = y
-            .per_class
-            .iter()
-            .map(|c| format!("{} {:.2}", c.label, c.ap50))
-            .collect();
+    if let Some(y) = &a.yardstick {
+        let reads = match y.map50 {
+            Some(m) => {
+                let classes: Vec<String> = y
+                    .per_class
+                    .iter()
+                    .map(|c| format!("{} {:.2}", c.label, c.ap50))
+                    .collect();
+                format!(
+                    "agreement mAP50 {m:.4}{} (by class: {})",
+                    y.map50_interval
+                        .map(|(lo, hi)| format!(" ({lo:.2}–{hi:.2})"))
+                        .unwrap_or_default(),
+                    classes.join(", ")
+                )
+            }
+            None => format!(
+                "mean cosine {:.5} (worst frame {:.5}){}",
+                y.mean_cosine,
+                y.min_cosine,
+                y.auc
+                    .map(|(_, c)| format!(", verification AUC {c:.4}"))
+                    .unwrap_or_default()
+            ),
+        };
         let _ = writeln!(
             s,
             "\nFor scale: FP32 against itself on the same frames resized bicubic instead of \
-             bilinear, a change nobody would call a loss, reads agreement mAP50 {}{} (by class: \
-             {}). A model that reads at or above it differs from FP32 no more than the resize \
-             method does.",
-            y.map50.map(|m| format!("{m:.4}")).unwrap_or_default(),
-            y.map50_interval
-                .map(|(lo, hi)| format!(" ({lo:.2}–{hi:.2})"))
-                .unwrap_or_default(),
-            classes.join(", ")
+             bilinear, a change nobody would call a loss, reads {reads}. A model that reads at or \
+             above it differs from FP32 no more than the resize method does."
         );
     }
     let _ = writeln!(s, "\n![latency]({LATENCY_SVG})\n");
