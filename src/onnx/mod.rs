@@ -372,6 +372,15 @@ pub fn tensor_from_u8(name: &str, dims: &[i64], v: &[u8]) -> pb::TensorProto {
     tensor_raw(name, DataType::Uint8, dims, v.to_vec())
 }
 
+pub fn tensor_from_i64(name: &str, dims: &[i64], v: &[i64]) -> pb::TensorProto {
+    tensor_raw(
+        name,
+        DataType::Int64,
+        dims,
+        v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    )
+}
+
 pub fn tensor_from_i32(name: &str, dims: &[i64], v: &[i32]) -> pb::TensorProto {
     tensor_raw(
         name,

@@ -17,8 +17,10 @@
 //! The second rewrite, [`scores_on_integers`], takes the rest of the heatmap off float: the
 //! masked scores `Sigmoid(logits) * Cast(keep)` that go to TopK. The sigmoid of 8-bit logits
 //! takes at most 256 values; on the fixed grid of 1/255 it runs as a table lookup, and the mask
-//! multiplies integers. Scores move by at most 1/510, the same peaks are found, and scores that
-//! now round alike may trade places in TopK's order.
+//! multiplies integers. Where the product goes to TopK through shape-only ops, TopK ranks the
+//! integers (the scale is positive, so the order is the scores') and only the k values it keeps
+//! are dequantized. Scores move by at most 1/510, the same peaks are found, and scores that now
+//! round alike may trade places in TopK's order.
 //!
 //! ```
 //! use edgesight::onnx::{self, pb, Model};
@@ -196,6 +198,37 @@ struct MaskedScores {
     cast: usize,
     /// Tensors that change from float to uint8: the Transposes' outputs and the mask.
     retyped: Vec<String>,
+    /// The TopK the product reaches through shape-only ops (their indices), when it does: it
+    /// then ranks the integers, and only the k values it keeps are dequantized.
+    to_topk: Option<(Vec<usize>, usize)>,
+}
+
+/// Ops that move or reshape values without changing them.
+const SHAPE_ONLY: &[&str] = &["Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"];
+
+/// The shape-only nodes from `t` to the TopK that ranks it, and that TopK, when nothing else
+/// reads `t` or anything on the way.
+fn path_to_topk<'g>(
+    g: &'g pb::GraphProto,
+    readers: &onnx::Readers<'_>,
+    mut t: &'g str,
+) -> Option<(Vec<usize>, usize)> {
+    let mut chain = Vec::new();
+    loop {
+        let r = readers.only(t)?;
+        let n = &g.node[r];
+        if n.input.first().map(String::as_str) != Some(t) {
+            return None;
+        }
+        match n.op_type() {
+            "TopK" => return Some((chain, r)),
+            op if SHAPE_ONLY.contains(&op) => {
+                chain.push(r);
+                t = &n.output[0];
+            }
+            _ => return None,
+        }
+    }
 }
 
 /// The graph with every masked heatmap computed on integers, and the Mul nodes that were;
@@ -249,6 +282,7 @@ pub fn scores_on_integers(
                             score_slot,
                             cast,
                             retyped,
+                            to_topk: path_to_topk(g, &readers, &n.output[0]),
                         });
                     }
                     _ => return None,
@@ -328,22 +362,41 @@ pub fn scores_on_integers(
         let product = mul.output[0].clone();
         let masked = format!("{product}__masked");
         mul.output[0] = masked.clone();
-        after.entry(s.mul).or_default().extend([
-            onnx::node(
-                "QuantizeLinear",
-                &format!("{product}__masked_Q"),
-                &[&masked, &scale, &zp],
-                &[&format!("{masked}_q")],
-                vec![],
-            ),
-            onnx::node(
+        let masked_q = format!("{masked}_q");
+        after.entry(s.mul).or_default().push(onnx::node(
+            "QuantizeLinear",
+            &format!("{product}__masked_Q"),
+            &[&masked, &scale, &zp],
+            &[&masked_q],
+            vec![],
+        ));
+        match &s.to_topk {
+            // The scale is positive, so the integers rank as the scores do: TopK takes them,
+            // and only the k values it keeps go back to float, under their old name.
+            Some((chain, topk)) => {
+                let first = chain.first().unwrap_or(topk);
+                nodes[*first].input[0] = masked_q;
+                retyped.push(product.clone());
+                retyped.extend(chain.iter().map(|&c| old[c].output[0].clone()));
+                let values = old[*topk].output[0].clone();
+                let values_q = format!("{values}__q");
+                nodes[*topk].output[0] = values_q.clone();
+                after.entry(*topk).or_default().push(onnx::node(
+                    "DequantizeLinear",
+                    &format!("{values}__DQ"),
+                    &[&values_q, &scale, &zp],
+                    &[&values],
+                    vec![],
+                ));
+            }
+            None => after.entry(s.mul).or_default().push(onnx::node(
                 "DequantizeLinear",
                 &format!("{product}__masked_DQ"),
-                &[&format!("{masked}_q"), &scale, &zp],
+                &[&masked_q, &scale, &zp],
                 &[&product],
                 vec![],
-            ),
-        ]);
+            )),
+        }
         names.push(old[s.mul].name().to_string());
         retyped.extend(s.retyped);
     }

@@ -1960,6 +1960,39 @@ mod tests {
         }
     }
 
+    /// When the masked scores go (through a Reshape) to a TopK, it ranks their integers and
+    /// only the k values it keeps are dequantized: no dequantize pass over the heatmap.
+    #[test]
+    fn topk_ranks_the_masked_integers() {
+        let mut model = heatmap_head();
+        let g = model.graph_mut();
+        g.initializer
+            .push(onnx::tensor_from_i64("flat", &[2], &[1, -1]));
+        g.initializer.push(onnx::tensor_from_i64("k", &[1], &[5]));
+        g.node.extend([
+            onnx::node("Reshape", "flatten", &["out", "flat"], &["scores"], vec![]),
+            onnx::node("TopK", "top", &["scores", "k"], &["vals", "idx"], vec![]),
+        ]);
+        g.output = vec![
+            onnx::value_info("vals", DataType::Float),
+            onnx::value_info("idx", DataType::Int64),
+        ];
+        let (q, _) = quantize_in(&model, heatmap_range, ActivationType::U8Asymmetric);
+        let g = q.graph();
+        let node = |name: &str| g.node.iter().find(|n| n.name() == name).unwrap();
+        assert_eq!(node("flatten").input[0], "out__masked_q");
+        assert_eq!(node("top").output, ["vals__q", "idx"]);
+        let dq = g.node.iter().find(|n| n.output[0] == "vals").unwrap();
+        assert_eq!(
+            (dq.op_type(), dq.input[0].as_str()),
+            ("DequantizeLinear", "vals__q")
+        );
+        assert!(
+            !g.node.iter().any(|n| n.output.iter().any(|o| o == "out")),
+            "no dequantized heatmap"
+        );
+    }
+
     /// Quantizes with each calibrated tensor in the range `range` gives it, no exclusion, no
     /// bias correction.
     fn quantize_in(
