@@ -236,8 +236,9 @@ fn path_to_topk<'g>(
 /// DequantizeLinear), CPU only: the sigmoid gets a Q/DQ pair on the fixed grid of 1/255 (ONNX
 /// Runtime fuses it into a table lookup), the Transposes move uint8, the boolean mask is cast
 /// to uint8 instead of float and the Mul of the two runs as an integer multiply onto the same
-/// grid. On CenterNet this replaces a dequantize, a float sigmoid, a cast and a multiply over
-/// 80x128x128 values. A Mul or Sigmoid that `skip` names (an excluded layer) is left alone.
+/// grid; a TopK the product reaches through shape-only ops ranks those integers. On CenterNet
+/// this replaces a dequantize, a float sigmoid, a cast and a multiply over 80x128x128 values.
+/// A Mul or Sigmoid that `skip` names (an excluded layer) is left alone.
 pub fn scores_on_integers(
     model: &Model,
     skip: impl Fn(&pb::NodeProto) -> bool,
