@@ -140,18 +140,18 @@ pub fn run(
         }
     }
     let frames_per_round = engine_frames.max(1);
-    let time_engine = |e: &mut Engine, lat: Option<&mut Latency>| -> Result<f64, PipelineError> {
-        let started = Instant::now();
-        let mut lat = lat;
-        for t in tensors.iter().cycle().take(frames_per_round) {
-            let t0 = Instant::now();
-            e.run(t)?;
-            if let Some(l) = lat.as_deref_mut() {
-                l.record(t0.elapsed());
+    let time_engine =
+        |e: &mut Engine, mut lat: Option<&mut Latency>| -> Result<f64, PipelineError> {
+            let started = Instant::now();
+            for t in tensors.iter().cycle().take(frames_per_round) {
+                let t0 = Instant::now();
+                e.run(t)?;
+                if let Some(l) = lat.as_deref_mut() {
+                    l.record(t0.elapsed());
+                }
             }
-        }
-        Ok(frames_per_round as f64 / started.elapsed().as_secs_f64())
-    };
+            Ok(frames_per_round as f64 / started.elapsed().as_secs_f64())
+        };
 
     let mut all = Vec::new();
     let mut lat = Latency::default();

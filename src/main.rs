@@ -333,19 +333,20 @@ fn bench(
         rounds,
         baseline.as_deref(),
         &mut |i, r| {
-            eprintln!(
-            "  round {}: engine {:.1} fps{}, pipeline {:.1} fps ({:.3}), analytics {:.1} fps ({:.3}), RSS {:.0} MiB",
-            i + 1,
-            r.engine_fps,
-            r.speedup()
+            let vs_source = r
+                .speedup()
                 .map(|x| format!(" ({x:.2}x the source's)"))
-                .unwrap_or_default(),
-            r.pipeline_fps,
-            r.ratio(),
-            r.analytics_fps,
-            r.analytics_ratio(),
-            r.rss_mib
-        )
+                .unwrap_or_default();
+            eprintln!(
+                "  round {}: engine {:.1} fps{vs_source}, pipeline {:.1} fps ({:.3}), analytics {:.1} fps ({:.3}), RSS {:.0} MiB",
+                i + 1,
+                r.engine_fps,
+                r.pipeline_fps,
+                r.ratio(),
+                r.analytics_fps,
+                r.analytics_ratio(),
+                r.rss_mib
+            )
         },
     )?;
     println!("model            {}", r.model);

@@ -1676,11 +1676,10 @@ mod tests {
 
     /// CenterNet's peak test as tf2onnx exports it: `Equal(h, MaxPool(h))` on the sigmoid, with
     /// the pool between two Transposes that cancel. On the CPU it becomes a pool of the logits'
-    /// integers and an integer compare; scores still come from the float sigmoid.
+    /// integers and an integer compare.
     #[test]
     fn peak_test_pools_and_compares_the_integer_logits() {
         let (model, range) = (heatmap_head(), heatmap_range);
-        let nhwc = [0, 2, 3, 1];
         let (q, _) = quantize_in(&model, range, ActivationType::U8Asymmetric);
         let g = q.graph();
         let by_op = |op: &'static str| g.node.iter().filter(move |n| n.op_type() == op);
@@ -1705,7 +1704,7 @@ mod tests {
             .find(|n| n.input[0] == peak.output[0])
             .unwrap();
         assert_eq!((mv.op_type(), mv.output[0].as_str()), ("Transpose", "keep"));
-        assert_eq!(mv.attribute[0].ints, nhwc);
+        assert_eq!(mv.attribute[0].ints, NHWC);
         // Nothing left dangling: no dequantized pool, no exported pool or its Transposes.
         for n in &g.node {
             assert!(
@@ -1721,13 +1720,7 @@ mod tests {
         let (t, _) = quantize_in(&model, range, ActivationType::I8Symmetric);
         let kept = |m: &Model| m.graph().node.iter().any(|n| n.name() == "pool");
         assert!(kept(&t));
-        let ranges = ranges_in(&model, range);
-        let exclude = Exclusions {
-            names: ["pool".to_string()].into(),
-            ..Default::default()
-        };
-        let act = ActivationType::U8Asymmetric;
-        let (e, _) = quantize(&model, &ranges, &HashMap::new(), act, &exclude).unwrap();
+        let e = quantize_excluding(&model, range, "pool");
         assert!(kept(&e));
         // What the dropped nodes read goes with them (ONNX Runtime warns of every leftover).
         for m in [&q, &e] {
@@ -1949,13 +1942,7 @@ mod tests {
         let (t, _) = quantize_in(&model, heatmap_range, ActivationType::I8Symmetric);
         assert!(float_scores(&t));
         for name in ["sig", "score"] {
-            let exclude = Exclusions {
-                names: [name.to_string()].into(),
-                ..Default::default()
-            };
-            let ranges = ranges_in(&model, heatmap_range);
-            let act = ActivationType::U8Asymmetric;
-            let (e, _) = quantize(&model, &ranges, &HashMap::new(), act, &exclude).unwrap();
+            let e = quantize_excluding(&model, heatmap_range, name);
             assert!(float_scores(&e), "{name} excluded");
         }
     }
@@ -2002,6 +1989,19 @@ mod tests {
     ) -> (Model, QdqReport) {
         let ranges = ranges_in(model, range);
         quantize(model, &ranges, &HashMap::new(), act, &Exclusions::default()).unwrap()
+    }
+
+    /// [`quantize_in`] for the CPU, with the node `name` kept in float.
+    fn quantize_excluding(model: &Model, range: impl Fn(&str) -> Range, name: &str) -> Model {
+        let exclude = Exclusions {
+            names: [name.to_string()].into(),
+            ..Default::default()
+        };
+        let ranges = ranges_in(model, range);
+        let act = ActivationType::U8Asymmetric;
+        quantize(model, &ranges, &HashMap::new(), act, &exclude)
+            .unwrap()
+            .0
     }
 
     /// Each calibrated tensor of `model` in the range `range` gives it.

@@ -100,12 +100,7 @@ pub fn markdown(a: &Artifact) -> String {
     for f in &a.figures {
         let (map, cos, worst, auc) = match &f.fidelity {
             Some(x) => (
-                x.map50
-                    .map(|m| match x.map50_interval {
-                        Some((lo, hi)) => format!("{m:.4} ({lo:.2}–{hi:.2})"),
-                        None => format!("{m:.4}"),
-                    })
-                    .unwrap_or("–".into()),
+                map50_text(x).unwrap_or("–".into()),
                 format!("{:.5}", x.mean_cosine),
                 format!("{:.5}", x.min_cosine),
                 x.auc
@@ -136,20 +131,14 @@ pub fn markdown(a: &Artifact) -> String {
         );
     }
     if let Some(y) = &a.yardstick {
-        let reads = match y.map50 {
+        let reads = match map50_text(y) {
             Some(m) => {
                 let classes: Vec<String> = y
                     .per_class
                     .iter()
                     .map(|c| format!("{} {:.2}", c.label, c.ap50))
                     .collect();
-                format!(
-                    "agreement mAP50 {m:.4}{} (by class: {})",
-                    y.map50_interval
-                        .map(|(lo, hi)| format!(" ({lo:.2}–{hi:.2})"))
-                        .unwrap_or_default(),
-                    classes.join(", ")
-                )
+                format!("agreement mAP50 {m} (by class: {})", classes.join(", "))
             }
             None => format!(
                 "mean cosine {:.5} (worst frame {:.5}){}",
@@ -282,6 +271,15 @@ pub fn markdown(a: &Artifact) -> String {
         );
     }
     s
+}
+
+/// Agreement mAP50 with its interval over redrawn frames, as the tables show it.
+fn map50_text(x: &super::fidelity::Fidelity) -> Option<String> {
+    let m = x.map50?;
+    Some(match x.map50_interval {
+        Some((lo, hi)) => format!("{m:.4} ({lo:.2}–{hi:.2})"),
+        None => format!("{m:.4}"),
+    })
 }
 
 const KERNEL_KINDS: &[&str] = &[
