@@ -644,7 +644,11 @@ fn unknown_ops_stay_float_with_a_warning() {
             onnx::node("Conv", "conv2", &["b", "w2"], &["y"], vec![]),
         ],
         initializer: vec![w1, w2],
-        input: vec![shaped("x", &[1, 3, 32, 32])],
+        input: vec![onnx::value_info_shaped(
+            "x",
+            onnx::DataType::Float,
+            &[1, 3, 32, 32],
+        )],
         output: vec![onnx::value_info("y", onnx::DataType::Float)],
         ..Default::default()
     };
@@ -703,24 +707,6 @@ fn unknown_ops_stay_float_with_a_warning() {
         .as_float()
         .unwrap();
     assert!(fid > 0.99, "{fid}");
-}
-
-fn shaped(name: &str, dims: &[i64]) -> pb::ValueInfoProto {
-    let mut v = onnx::value_info(name, onnx::DataType::Float);
-    if let Some(pb::type_proto::Value::TensorType(t)) =
-        v.r#type.as_mut().and_then(|t| t.value.as_mut())
-    {
-        t.shape = Some(pb::TensorShapeProto {
-            dim: dims
-                .iter()
-                .map(|&d| pb::tensor_shape_proto::Dimension {
-                    value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(d)),
-                    ..Default::default()
-                })
-                .collect(),
-        });
-    }
-    v
 }
 
 /// CenterNet's output rows (x1, y1, x2, y2, score, class; 100 per image) for each image, from
@@ -1091,4 +1077,186 @@ fn bus_labels(art: &Path, out: &Path) -> Vec<String> {
         .iter()
         .map(|d| d["label"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// Preprocessed tensors of `images` for the model at `file`, through the manifest `family`'s
+/// own preprocessing.
+fn family_inputs(file: &Path, family: &str, images: &[&str]) -> Vec<edgesight::tensor::Tensor> {
+    use edgesight::engine::{Engine, EngineConfig};
+    let e = Engine::load(file, &EngineConfig::default()).unwrap();
+    let m = edgesight::models::Manifest::find(family).unwrap();
+    let spec = edgesight::models::preprocess_spec(&m, e.io()).unwrap();
+    let mut p = edgesight::preprocess::Preprocessor::new(spec);
+    images
+        .iter()
+        .map(|f| {
+            let img = edgesight::optimize::calibrate::decode_image(&asset(f)).unwrap();
+            p.run(img.pixels()).unwrap().0
+        })
+        .collect()
+}
+
+/// `model` quantized for the CPU with min-max ranges calibrated on `inputs`, as `optimize`
+/// quantizes before its last rewrites.
+fn quantized_on(model: &Model, inputs: &[edgesight::tensor::Tensor], scratch: &Path) -> Model {
+    use edgesight::engine::EngineConfig;
+    use edgesight::optimize::{calibrate, calibrator::Method, qdq};
+    let cfg = EngineConfig::default();
+    let stats = calibrate::collect(model, inputs, &cfg, scratch, &|_, _| {}).unwrap();
+    let ranges = edgesight::optimize::ranges_of(&stats.tensors, Method::MinMax);
+    let act = qdq::ActivationType::U8Asymmetric;
+    let none = qdq::Exclusions::default();
+    qdq::quantize(model, &ranges, &stats.channel_means, act, &none)
+        .unwrap()
+        .0
+}
+
+/// Every output of `a` and `b` on `inputs`, compared bit for bit.
+fn same_outputs(a: &Model, b: &Model, inputs: &[edgesight::tensor::Tensor], scratch: &Path) {
+    use edgesight::engine::{Engine, EngineConfig};
+    let load = |m: &Model, name: &str| {
+        let p = scratch.join(name);
+        m.save(&p).unwrap();
+        Engine::load(&p, &EngineConfig::default()).unwrap()
+    };
+    let (mut ea, mut eb) = (load(a, "a.onnx"), load(b, "b.onnx"));
+    for t in inputs {
+        let (oa, ob) = (ea.run(t).unwrap(), eb.run(t).unwrap());
+        assert_eq!(oa.len(), ob.len());
+        for (x, y) in oa.iter().zip(&ob) {
+            assert_eq!(x.data.shape(), y.data.shape(), "{}", x.name);
+            let differ = x.data.iter().zip(y.data.iter()).filter(|(p, q)| p != q);
+            assert_eq!(differ.count(), 0, "{} differs", x.name);
+        }
+    }
+}
+
+/// The stem convolution read over groups of pixels gives the same integers: CenterNet's INT8
+/// graph (3x3, stride 2, TF's bottom-right padding) and BlazeFace's (5x5, padding on all sides,
+/// so the grouped kernel reaches one group back) give the same outputs bit for bit.
+#[test]
+fn grouped_stem_gives_the_same_integers() {
+    let images = [
+        "assets/bus.jpg",
+        "calibration/heldout/street/vtest-0010.jpg",
+    ];
+    for (file, family, kernel) in [
+        (
+            "models/cache/centernet-mobilenetv3.onnx",
+            "centernet",
+            [3, 2],
+        ),
+        ("models/cache/blazeface-back-256.onnx", "blazeface", [5, 3]),
+    ] {
+        let file = asset(file);
+        let tmp = tempfile::tempdir().unwrap();
+        let inputs = family_inputs(&file, family, &images);
+        let q = quantized_on(&Model::load(&file).unwrap(), &inputs, tmp.path());
+        let (g, grouped) = edgesight::optimize::stem::group_pixels(&q, |_| false).unwrap();
+        assert_eq!(grouped.len(), 1, "{grouped:?}");
+        assert_eq!((grouped[0].pixels, grouped[0].channels), (4, 12));
+        let conv = g
+            .graph()
+            .node
+            .iter()
+            .find(|n| n.name() == grouped[0].layer)
+            .unwrap();
+        let k: Vec<i64> = conv
+            .attribute
+            .iter()
+            .find(|a| a.name() == "kernel_shape")
+            .unwrap()
+            .ints
+            .clone();
+        assert_eq!(k, kernel, "{family}");
+        same_outputs(&q, &g, &inputs, tmp.path());
+    }
+}
+
+/// An NCHW stem: the image is transposed to NHWC before it is grouped. At stride 1 each group
+/// position writes 4 output pixels, at stride 2 two; both give the same integers.
+#[test]
+fn grouped_nchw_stem_gives_the_same_integers() {
+    use edgesight::onnx::DataType;
+    use edgesight::preprocess::{Layout, PreprocessSpec, Preprocessor, Resize};
+    let spec = PreprocessSpec {
+        width: 32,
+        height: 32,
+        resize: Resize::Stretch,
+        layout: Layout::Nchw,
+        elem: edgesight::tensor::ElementType::F32,
+        mean: [0.0; 3],
+        std: [255.0; 3],
+        pad: 114,
+    };
+    let mut p = Preprocessor::new(spec);
+    let inputs: Vec<_> = [
+        "assets/bus.jpg",
+        "calibration/heldout/street/vtest-0010.jpg",
+    ]
+    .iter()
+    .map(|f| {
+        let img = edgesight::optimize::calibrate::decode_image(&asset(f)).unwrap();
+        p.run(img.pixels()).unwrap().0
+    })
+    .collect();
+    // Padding 1 on the left: the grouped kernel reaches one group back, and at stride 1 the
+    // 4 output pixels of a group read 6 columns, three groups wide.
+    for (stride, per_group, width) in [(1, 4, 3), (2, 2, 2)] {
+        let w: Vec<f32> = (0..8 * 27)
+            .map(|i| ((i * 7) % 11) as f32 * 0.1 - 0.5)
+            .collect();
+        let b: Vec<f32> = (0..8).map(|i| i as f32 * 0.05 - 0.2).collect();
+        let model = Model {
+            proto: pb::ModelProto {
+                ir_version: Some(8),
+                opset_import: vec![pb::OperatorSetIdProto {
+                    domain: Some(String::new()),
+                    version: Some(13),
+                }],
+                graph: Some(pb::GraphProto {
+                    node: vec![
+                        onnx::node(
+                            "Conv",
+                            "stem",
+                            &["x", "w", "b"],
+                            &["y"],
+                            vec![
+                                onnx::attr_ints("strides", &[stride, stride]),
+                                onnx::attr_ints("pads", &[1, 1, 1, 1]),
+                            ],
+                        ),
+                        onnx::node("Relu", "relu", &["y"], &["r"], vec![]),
+                        onnx::node("Conv", "next", &["r", "w2"], &["out"], vec![]),
+                    ],
+                    initializer: vec![
+                        onnx::tensor_from_f32("w", &[8, 3, 3, 3], &w),
+                        onnx::tensor_from_f32("b", &[8], &b),
+                        onnx::tensor_from_f32("w2", &[8, 8, 1, 1], &w[..64]),
+                    ],
+                    input: vec![onnx::value_info_shaped(
+                        "x",
+                        DataType::Float,
+                        &[1, 3, 32, 32],
+                    )],
+                    output: vec![onnx::value_info("out", DataType::Float)],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            path: "stem.onnx".into(),
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let q = quantized_on(&model, &inputs, tmp.path());
+        let (g, grouped) = edgesight::optimize::stem::group_pixels(&q, |_| false).unwrap();
+        assert_eq!(grouped[0].layer, "stem");
+        let conv = g.graph().node.iter().find(|n| n.name() == "stem").unwrap();
+        let gg = g.graph();
+        let w_dq = gg.node.iter().find(|n| n.output[0] == conv.input[1]);
+        let w = w_dq
+            .and_then(|d| gg.initializer.iter().find(|t| t.name() == d.input[0]))
+            .map(|t| t.dims.clone());
+        assert_eq!(w, Some(vec![8 * per_group, 12, 3, width]), "stride {stride}");
+        same_outputs(&q, &g, &inputs, tmp.path());
+    }
 }

@@ -295,32 +295,50 @@ pub fn numel(t: &pb::TensorProto) -> u64 {
 /// `name: f32[1, 3, N, 640]` for a graph input or output.
 pub fn value_info_string(v: &pb::ValueInfoProto) -> String {
     use pb::type_proto::Value;
-    let ty = v.r#type.as_ref().and_then(|t| t.value.as_ref());
-    let desc = match ty {
+    let desc = match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
         Some(Value::TensorType(t)) => {
-            let dims: Vec<String> = t
-                .shape
-                .as_ref()
-                .map(|s| {
-                    s.dim
-                        .iter()
-                        .map(|d| match &d.value {
-                            Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) => {
-                                v.to_string()
-                            }
-                            Some(pb::tensor_shape_proto::dimension::Value::DimParam(p)) => {
-                                p.clone()
-                            }
-                            None => "?".into(),
-                        })
-                        .collect()
+            let dims: Vec<String> = tensor_dims(t)
+                .into_iter()
+                .map(|d| match d {
+                    Dim::Fixed(v) => v.to_string(),
+                    Dim::Named(p) => p,
+                    Dim::Unknown => "?".into(),
                 })
-                .unwrap_or_default();
+                .collect();
             format!("{}[{}]", type_name(t.elem_type()), dims.join(", "))
         }
         _ => "non-tensor".into(),
     };
     format!("{}: {}", v.name(), desc)
+}
+
+/// One dimension of a declared shape.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Dim {
+    Fixed(i64),
+    Named(String),
+    Unknown,
+}
+
+fn tensor_dims(t: &pb::type_proto::Tensor) -> Vec<Dim> {
+    use pb::tensor_shape_proto::dimension::Value;
+    t.shape
+        .iter()
+        .flat_map(|s| &s.dim)
+        .map(|d| match &d.value {
+            Some(Value::DimValue(v)) => Dim::Fixed(*v),
+            Some(Value::DimParam(p)) => Dim::Named(p.clone()),
+            None => Dim::Unknown,
+        })
+        .collect()
+}
+
+/// The declared shape of a tensor value (`None` when it declares none).
+pub fn value_info_dims(v: &pb::ValueInfoProto) -> Option<Vec<Dim>> {
+    match v.r#type.as_ref()?.value.as_ref()? {
+        pb::type_proto::Value::TensorType(t) if t.shape.is_some() => Some(tensor_dims(t)),
+        _ => None,
+    }
 }
 
 /// The float32 values of an initializer, from whichever field holds them.
@@ -526,6 +544,25 @@ pub fn value_info(name: &str, dt: DataType) -> pb::ValueInfoProto {
         }),
         ..Default::default()
     }
+}
+
+/// A graph input or output of a given element type and fixed shape.
+pub fn value_info_shaped(name: &str, dt: DataType, dims: &[i64]) -> pb::ValueInfoProto {
+    let mut v = value_info(name, dt);
+    if let Some(pb::type_proto::Value::TensorType(t)) =
+        v.r#type.as_mut().and_then(|t| t.value.as_mut())
+    {
+        t.shape = Some(pb::TensorShapeProto {
+            dim: dims
+                .iter()
+                .map(|&d| pb::tensor_shape_proto::Dimension {
+                    value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(d)),
+                    ..Default::default()
+                })
+                .collect(),
+        });
+    }
+    v
 }
 
 /// Element type of a value info, when it is a tensor.
