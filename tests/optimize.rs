@@ -1097,8 +1097,12 @@ fn family_inputs(file: &Path, family: &str, images: &[&str]) -> Vec<edgesight::t
 }
 
 /// `model` quantized for the CPU with min-max ranges calibrated on `inputs`, as `optimize`
-/// quantizes before its last rewrites.
-fn quantized_on(model: &Model, inputs: &[edgesight::tensor::Tensor], scratch: &Path) -> Model {
+/// quantizes before its last rewrites, and calibration's tensor shapes.
+fn quantized_on(
+    model: &Model,
+    inputs: &[edgesight::tensor::Tensor],
+    scratch: &Path,
+) -> (Model, std::collections::HashMap<String, Vec<usize>>) {
     use edgesight::engine::EngineConfig;
     use edgesight::optimize::{calibrate, calibrator::Method, qdq};
     let cfg = EngineConfig::default();
@@ -1106,9 +1110,8 @@ fn quantized_on(model: &Model, inputs: &[edgesight::tensor::Tensor], scratch: &P
     let ranges = edgesight::optimize::ranges_of(&stats.tensors, Method::MinMax);
     let act = qdq::ActivationType::U8Asymmetric;
     let none = qdq::Exclusions::default();
-    qdq::quantize(model, &ranges, &stats.channel_means, act, &none)
-        .unwrap()
-        .0
+    let (q, _) = qdq::quantize(model, &ranges, &stats.channel_means, act, &none).unwrap();
+    (q, stats.shapes)
 }
 
 /// Every output of `a` and `b` on `inputs`, compared bit for bit.
@@ -1151,7 +1154,7 @@ fn grouped_stem_gives_the_same_integers() {
         let file = asset(file);
         let tmp = tempfile::tempdir().unwrap();
         let inputs = family_inputs(&file, family, &images);
-        let q = quantized_on(&Model::load(&file).unwrap(), &inputs, tmp.path());
+        let (q, _) = quantized_on(&Model::load(&file).unwrap(), &inputs, tmp.path());
         let (g, grouped) = edgesight::optimize::stem::group_pixels(&q, |_| false).unwrap();
         assert_eq!(grouped.len(), 1, "{grouped:?}");
         assert_eq!((grouped[0].pixels, grouped[0].channels), (4, 12));
@@ -1247,7 +1250,7 @@ fn grouped_nchw_stem_gives_the_same_integers() {
             path: "stem.onnx".into(),
         };
         let tmp = tempfile::tempdir().unwrap();
-        let q = quantized_on(&model, &inputs, tmp.path());
+        let (q, _) = quantized_on(&model, &inputs, tmp.path());
         let (g, grouped) = edgesight::optimize::stem::group_pixels(&q, |_| false).unwrap();
         assert_eq!(grouped[0].layer, "stem");
         let conv = g.graph().node.iter().find(|n| n.name() == "stem").unwrap();
@@ -1256,7 +1259,35 @@ fn grouped_nchw_stem_gives_the_same_integers() {
         let w = w_dq
             .and_then(|d| gg.initializer.iter().find(|t| t.name() == d.input[0]))
             .map(|t| t.dims.clone());
-        assert_eq!(w, Some(vec![8 * per_group, 12, 3, width]), "stride {stride}");
+        assert_eq!(
+            w,
+            Some(vec![8 * per_group, 12, 3, width]),
+            "stride {stride}"
+        );
         same_outputs(&q, &g, &inputs, tmp.path());
     }
+}
+
+/// Per-channel gates tiled to their tensors' shapes give the same integers: CenterNet's eight
+/// squeeze-and-excite gates and its head's, bit for bit.
+#[test]
+fn tiled_gates_give_the_same_integers() {
+    let file = asset("models/cache/centernet-mobilenetv3.onnx");
+    let tmp = tempfile::tempdir().unwrap();
+    let images = [
+        "assets/bus.jpg",
+        "calibration/heldout/street/vtest-0010.jpg",
+    ];
+    let inputs = family_inputs(&file, "centernet", &images);
+    let (q, shapes) = quantized_on(&Model::load(&file).unwrap(), &inputs, tmp.path());
+    let (t, tiled) = edgesight::optimize::gates::tile(&q, &shapes).unwrap();
+    let head = tiled
+        .iter()
+        .find(|t| t.mul == "tower_0/CenternetHead/mul")
+        .map(|t| t.shape.clone());
+    assert_eq!(head, Some(vec![1, 128, 128, 128]));
+    assert_eq!(tiled.len(), 9, "{tiled:?}");
+    let tiles = t.graph().node.iter().filter(|n| n.op_type() == "Tile");
+    assert_eq!(tiles.count(), 9);
+    same_outputs(&q, &t, &inputs, tmp.path());
 }

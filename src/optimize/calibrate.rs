@@ -178,6 +178,9 @@ pub struct Statistics {
     /// rounding error of a layer's int8 weights, times its input's mean, is a shift of its
     /// output that the bias can take back.
     pub channel_means: HashMap<String, Vec<f32>>,
+    /// The shape of every calibration tensor (batch 1), for rewrites that need it fixed.
+    #[serde(default)]
+    pub shapes: HashMap<String, Vec<usize>>,
 }
 
 /// Per-channel sums along `axis`, accumulated over runs.
@@ -229,6 +232,7 @@ pub fn collect(
     let mut eng = Engine::load(&path, engine)?;
     let mut stats: HashMap<String, TensorStats> = HashMap::new();
     let mut sums: HashMap<String, ChannelSums> = HashMap::new();
+    let mut shapes: HashMap<String, Vec<usize>> = HashMap::new();
     for (i, t) in inputs.iter().enumerate() {
         for o in eng.run(t)? {
             if let Some(&axis) = channel_axes.get(&o.name) {
@@ -237,6 +241,9 @@ pub fn collect(
                     .observe(&o.data, axis);
             }
             if names.contains(&o.name) {
+                shapes
+                    .entry(o.name.clone())
+                    .or_insert_with(|| o.data.shape().to_vec());
                 let v = o.data.as_slice_memory_order().map(<[f32]>::to_vec);
                 let v = v.unwrap_or_else(|| o.data.iter().copied().collect());
                 stats.entry(o.name).or_default().observe(&v);
@@ -248,6 +255,7 @@ pub fn collect(
     Ok(Statistics {
         tensors: stats,
         channel_means: sums.into_iter().map(|(k, s)| (k, s.means())).collect(),
+        shapes,
     })
 }
 
@@ -264,7 +272,7 @@ pub fn cache_dir() -> PathBuf {
     base.join("edgesight")
 }
 
-const PIXELS_REVISION: u32 = 4;
+const PIXELS_REVISION: u32 = 5;
 
 /// Keyed by everything the statistics depend on, the set of tensors observed included: a
 /// quantizer that learns a new op needs statistics for tensors an older run did not collect.
@@ -285,8 +293,8 @@ pub fn cache_key(
     h.update(env!("CARGO_PKG_VERSION"));
     // Bumped whenever decoding or preprocessing changes the pixels (2: I420 decode, OpenCV
     // bilinear resize) or the statistics gain a field (3: exact zeros counted; 4: channel
-    // means for bias correction), which a
-    // version number in development does not track.
+    // means for bias correction; 5: tensor shapes), which a version number in development
+    // does not track.
     h.update(PIXELS_REVISION.to_le_bytes());
     hex(&h.finalize())[..24].to_string()
 }

@@ -15,6 +15,7 @@ pub mod calibrator;
 pub mod equalize;
 pub mod fidelity;
 pub mod fp16;
+pub mod gates;
 pub mod hardswish;
 pub mod peaks;
 pub mod qdq;
@@ -239,6 +240,8 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
     let mut qreport = None;
     // The fully quantized model, when the accuracy search moved units back to float.
     let mut plain: Option<Model> = None;
+    // Calibration's tensor shapes, for the rewrites that need them fixed.
+    let mut shapes = HashMap::new();
     let candidate: Model = match spec.precision {
         Precision::Fp32 => src.clone(),
         Precision::Fp16 => fp16::convert(&src, &fp16::Fp16Options::default())?.0,
@@ -274,6 +277,7 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                 }
             };
             let ranges = ranges_of(&stats.tensors, spec.method);
+            shapes.clone_from(&stats.shapes);
             let act = match spec.target {
                 Target::Cpu => qdq::ActivationType::U8Asymmetric,
                 Target::Tensorrt => qdq::ActivationType::I8Symmetric,
@@ -474,18 +478,34 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
         }
         None => candidate,
     };
-    // The stem convolution read over groups of pixels, for the CPU's int8 kernel: the same
-    // integers, so it changes no figure but speed.
+    // Two layouts for the CPU's int8 kernels: the stem convolution read over groups of pixels,
+    // and per-channel gates tiled to their tensors' shapes. The same integers, so they change
+    // no figure but speed.
     let int8_cpu = spec.target == Target::Cpu && spec.precision == Precision::Int8;
-    let grouped = |m: &Model| int8_cpu.then(|| stem::group_pixels(m, |_| false)).flatten();
-    let candidate = match grouped(&candidate) {
-        Some((m, done)) => {
-            rewrites.extend(done.iter().map(|d| d.to_string()));
-            m
+    let for_the_cpu = |m: Model| -> (Model, Vec<String>) {
+        if !int8_cpu {
+            return (m, Vec::new());
         }
-        None => candidate,
+        let mut done = Vec::new();
+        let m = match stem::group_pixels(&m, |_| false) {
+            Some((g, grouped)) => {
+                done.extend(grouped.iter().map(|d| d.to_string()));
+                g
+            }
+            None => m,
+        };
+        let m = match gates::tile(&m, &shapes) {
+            Some((g, tiled)) => {
+                done.extend(tiled.iter().map(|t| t.to_string()));
+                g
+            }
+            None => m,
+        };
+        (m, done)
     };
-    let plain = plain.map(|m| grouped(&m).map_or(m, |(g, _)| g));
+    let (candidate, done) = for_the_cpu(candidate);
+    rewrites.extend(done);
+    let plain = plain.map(|m| for_the_cpu(m).0);
     let rewritten_fp32 = spec.precision == Precision::Fp32 && !rewrites.is_empty();
     let model_path = scratch.path().join("model.onnx");
     candidate.save(&model_path)?;
