@@ -901,6 +901,11 @@ fn int8_centernet_reports_agreement_by_class() {
         "{rewrites:?}"
     );
     assert!(report.contains("- `tower_0/Equal`: peak test"), "{report}");
+    // The layouts for the int8 kernels: the stem over pixel groups, the nine gates tiled.
+    let stem = "tower_0/MobilenetV3/Conv/BatchNorm/FusedBatchNorm_BiasAdd__5: stem convolution";
+    assert!(rewrites.iter().any(|r| r.starts_with(stem)), "{rewrites:?}");
+    let tiled = rewrites.iter().filter(|r| r.contains("gate tiled to"));
+    assert_eq!(tiled.count(), 9, "{rewrites:?}");
     let m = Model::load(&art.join("model.onnx")).unwrap();
     let moved = node(&m, &format!("{pool}__on_logits"));
     assert!(moved.input[0].contains("centernet_cls_output"), "{moved:?}");
