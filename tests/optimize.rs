@@ -714,16 +714,9 @@ fn unknown_ops_stay_float_with_a_warning() {
 fn centernet_rows(path: &Path, images: &[&str]) -> Vec<Vec<f32>> {
     use edgesight::engine::{Engine, EngineConfig};
     let mut e = Engine::load(path, &EngineConfig::default()).unwrap();
-    let m = edgesight::models::Manifest::find("centernet").unwrap();
-    let spec = edgesight::models::preprocess_spec(&m, e.io()).unwrap();
-    let mut p = edgesight::preprocess::Preprocessor::new(spec);
-    images
+    family_inputs(path, "centernet", images)
         .iter()
-        .map(|f| {
-            let img = edgesight::optimize::calibrate::decode_image(&asset(f)).unwrap();
-            let (t, _) = p.run(img.pixels()).unwrap();
-            e.run(&t).unwrap()[0].data.iter().copied().collect()
-        })
+        .map(|t| e.run(t).unwrap()[0].data.iter().copied().collect())
         .collect()
 }
 

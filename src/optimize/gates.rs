@@ -195,6 +195,18 @@ mod tests {
         }
     }
 
+    /// Dimension `dim` of input `x` made the symbol `name`.
+    fn symbolic(x: &mut pb::ValueInfoProto, dim: usize, name: &str) {
+        if let Some(pb::type_proto::Value::TensorType(t)) =
+            x.r#type.as_mut().and_then(|t| t.value.as_mut())
+        {
+            let d = &mut t.shape.as_mut().unwrap().dim[dim];
+            d.value = Some(pb::tensor_shape_proto::dimension::Value::DimParam(
+                name.into(),
+            ));
+        }
+    }
+
     fn shapes(x: &[usize], gate: &[usize]) -> HashMap<String, Vec<usize>> {
         HashMap::from([("x".into(), x.to_vec()), ("gate".into(), gate.to_vec())])
     }
@@ -235,27 +247,12 @@ mod tests {
         assert!(tile(&m, &shapes(&[1, 8, 4, 6], &[1, 8, 4, 6])).is_none());
         assert!(tile(&m, &HashMap::new()).is_none());
         let mut dynamic = m.clone();
-        let x = &mut dynamic.graph_mut().input[0];
-        if let Some(pb::type_proto::Value::TensorType(t)) =
-            x.r#type.as_mut().and_then(|t| t.value.as_mut())
-        {
-            let h = &mut t.shape.as_mut().unwrap().dim[2];
-            h.value = Some(pb::tensor_shape_proto::dimension::Value::DimParam(
-                "h".into(),
-            ));
-        }
+        symbolic(&mut dynamic.graph_mut().input[0], 2, "h");
         assert!(tile(&dynamic, &shapes(&[1, 8, 4, 6], &[1, 8, 1, 1])).is_none());
         // A symbolic batch is fine.
         let mut batch = m.clone();
         for x in batch.graph_mut().input.iter_mut() {
-            if let Some(pb::type_proto::Value::TensorType(t)) =
-                x.r#type.as_mut().and_then(|t| t.value.as_mut())
-            {
-                let n = &mut t.shape.as_mut().unwrap().dim[0];
-                n.value = Some(pb::tensor_shape_proto::dimension::Value::DimParam(
-                    "n".into(),
-                ));
-            }
+            symbolic(x, 0, "n");
         }
         assert!(tile(&batch, &shapes(&[1, 8, 4, 6], &[1, 8, 1, 1])).is_some());
     }

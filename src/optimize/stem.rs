@@ -438,11 +438,6 @@ fn rewrite(
 
     // The image as groups of pixels, in NCHW for the graph (the runtime's layout pass turns it
     // back to NHWC, where the reshape is free).
-    let shape = |suffix: &str, dims: &[i64], inits: &mut Vec<pb::TensorProto>| {
-        let n = name(suffix);
-        inits.push(onnx::tensor_from_i64(&n, &[4], dims));
-        n
-    };
     let transpose = |input: &str, output: &str, perm: &[i64]| {
         onnx::node(
             "Transpose",
@@ -460,15 +455,20 @@ fn rewrite(
             t
         }
     };
-    let in_shape = shape("in_shape", &[0, s.h, s.w / p.pixels, gc], &mut inits);
+    let reshape = |input: &str, output: &str, dims: &[i64], inits: &mut Vec<pb::TensorProto>| {
+        let shape = format!("{output}_shape");
+        inits.push(onnx::tensor_from_i64(&shape, &[4], dims));
+        onnx::node(
+            "Reshape",
+            &format!("{output}_R"),
+            &[input, &shape],
+            &[output],
+            vec![],
+        )
+    };
     let pixels = name("pixels");
-    nodes.push(onnx::node(
-        "Reshape",
-        &format!("{pixels}_R"),
-        &[&nhwc, &in_shape],
-        &[&pixels],
-        vec![],
-    ));
+    let dims = [0, s.h, s.w / p.pixels, gc];
+    nodes.push(reshape(&nhwc, &pixels, &dims, &mut inits));
     let grouped_in = name("in");
     nodes.push(transpose(&pixels, &grouped_in, &[0, 3, 1, 2]));
     let iq = &g.node[s.in_q];
@@ -525,15 +525,9 @@ fn rewrite(
     nodes.push(q);
     let out_nhwc = name("out_nhwc");
     nodes.push(transpose(&out_q, &out_nhwc, &[0, 2, 3, 1]));
-    let out_shape = shape("out_shape", &[0, p.ho, p.wo, o], &mut inits);
     let out_pixels = name("out_pixels");
-    nodes.push(onnx::node(
-        "Reshape",
-        &format!("{out_pixels}_R"),
-        &[&out_nhwc, &out_shape],
-        &[&out_pixels],
-        vec![],
-    ));
+    let dims = [0, p.ho, p.wo, o];
+    nodes.push(reshape(&out_nhwc, &out_pixels, &dims, &mut inits));
     nodes.push(transpose(&out_pixels, &oq.output[0], &[0, 3, 1, 2]));
     Some((
         nodes,
