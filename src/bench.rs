@@ -29,6 +29,10 @@ use crate::ingest::{self, Decoder, Next};
 use crate::pipeline::{self, load_model, PipelineError, RunSpec};
 use crate::preprocess::Preprocessor;
 use crate::stats::{rss_mib, Latency, Percentiles};
+use crate::tensor::Tensor;
+
+/// Frames per block when an engine and its baseline alternate within a round.
+const BLOCK: usize = 20;
 
 /// One round's three throughputs, taken back to back.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -140,18 +144,34 @@ pub fn run(
         }
     }
     let frames_per_round = engine_frames.max(1);
-    let time_engine =
-        |e: &mut Engine, mut lat: Option<&mut Latency>| -> Result<f64, PipelineError> {
-            let started = Instant::now();
-            for t in tensors.iter().cycle().take(frames_per_round) {
+    // The engine, and the baseline when there is one, over the round's frames in alternating
+    // blocks: whatever the machine's speed does during the round (clock boost fading under
+    // load, a neighbour's work) falls on both alike, not on whichever ran second.
+    let time_engines = |e: &mut Engine,
+                        mut base: Option<&mut Engine>,
+                        lat: &mut Latency|
+     -> Result<(f64, Option<f64>), PipelineError> {
+        let (mut spent, mut base_spent) = (Duration::ZERO, Duration::ZERO);
+        let frames: Vec<&Tensor> = tensors.iter().cycle().take(frames_per_round).collect();
+        for block in frames.chunks(BLOCK) {
+            for t in block {
                 let t0 = Instant::now();
                 e.run(t)?;
-                if let Some(l) = lat.as_deref_mut() {
-                    l.record(t0.elapsed());
-                }
+                let dt = t0.elapsed();
+                lat.record(dt);
+                spent += dt;
             }
-            Ok(frames_per_round as f64 / started.elapsed().as_secs_f64())
-        };
+            if let Some(b) = base.as_deref_mut() {
+                let t0 = Instant::now();
+                for t in block {
+                    b.run(t)?;
+                }
+                base_spent += t0.elapsed();
+            }
+        }
+        let fps = |d: Duration| frames_per_round as f64 / d.as_secs_f64();
+        Ok((fps(spent), base.is_some().then(|| fps(base_spent))))
+    };
 
     let mut all = Vec::new();
     let mut lat = Latency::default();
@@ -159,11 +179,7 @@ pub fn run(
     let mut frames = 0;
     for i in 0..rounds.max(1) {
         // Bare engine: the same frames, already tensors, nothing else running.
-        let engine_fps = time_engine(&mut engine, Some(&mut lat))?;
-        let baseline_fps = match base_engine.as_mut() {
-            Some(b) => Some(time_engine(b, None)?),
-            None => None,
-        };
+        let (engine_fps, baseline_fps) = time_engines(&mut engine, base_engine.as_mut(), &mut lat)?;
 
         let mut next_sample = 0u64;
         let first = i == 0;
