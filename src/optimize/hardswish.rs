@@ -35,10 +35,10 @@
 //! assert_eq!(out.opset(), 14);
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::qdq::{clip_bounds, scalar_constant};
-use crate::onnx::{self, Model};
+use crate::onnx::{self, pb, DataType, Model};
 
 /// Ops whose meaning changed at opset 14 beyond new types or attributes whose default keeps the
 /// old behaviour; a graph holding one is not lifted from 13.
@@ -81,7 +81,7 @@ pub fn fuse(model: &Model) -> Option<(Model, Vec<Fused>)> {
     let readers = onnx::Readers::of(g);
     let of = |t: &str| producer.get(t).map(|&p| (p, &g.node[p]));
     let only_reader = |p: usize, reader: usize| readers.only(&g.node[p].output[0]) == Some(reader);
-    let is = |t: &str, v: f32| scalar_constant(g, &producer, t) == Some(v);
+    let is = |t: &str, v: f32| scalar_value(g, &producer, t) == Some(v);
     let mut fused = Vec::new();
     let mut dropped: HashSet<usize> = HashSet::new();
     let mut replaced = Vec::new();
@@ -151,6 +151,34 @@ pub fn fuse(model: &Model) -> Option<(Model, Vec<Fused>)> {
     Some((out, fused))
 }
 
+/// A one-element constant, or one that a DequantizeLinear gives back from integers: the
+/// quantizer writes the 3 of `x + 3` that way for QLinearAdd, and where the hard-swish's
+/// product is kept in float the Add runs in float on it all the same.
+fn scalar_value(g: &pb::GraphProto, producer: &HashMap<&str, usize>, t: &str) -> Option<f32> {
+    if let Some(v) = scalar_constant(g, producer, t) {
+        return Some(v);
+    }
+    let dq = &g.node[*producer.get(t)?];
+    if dq.op_type() != "DequantizeLinear" {
+        return None;
+    }
+    let integer = |t: &str| -> Option<f32> {
+        let c = g.initializer.iter().find(|x| x.name() == t)?;
+        match (DataType::try_from(c.data_type()).ok()?, c.raw_data()) {
+            (DataType::Int8, [v]) => Some(f32::from(*v as i8)),
+            (DataType::Uint8, [v]) => Some(f32::from(*v)),
+            _ => None,
+        }
+    };
+    let q = integer(&dq.input[0])?;
+    let scale = scalar_constant(g, producer, dq.input.get(1)?)?;
+    let zero = match dq.input.get(2) {
+        Some(z) => integer(z)?,
+        None => 0.0,
+    };
+    Some((q - zero) * scale)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +244,44 @@ mod tests {
         );
         let (_, exact) = fuse(&block(1.0 / 6.0, 14, vec![])).unwrap();
         assert!(!exact[0].to_string().contains("read as"), "{}", exact[0]);
+    }
+
+    /// Where the accuracy search keeps a hard-swish's product in float, the quantizer has
+    /// already written its 3 as an int8 1 at scale 3 behind a DequantizeLinear: that still
+    /// reads as 3, and the dequantize goes with the nodes it fed.
+    #[test]
+    fn a_dequantized_three_still_fuses() {
+        let mut m = block(1.0 / 6.0, 14, vec![]);
+        let g = m.graph_mut();
+        g.node.insert(
+            0,
+            onnx::node(
+                "DequantizeLinear",
+                "three",
+                &["q3", "s3"],
+                &["k3dq"],
+                vec![],
+            ),
+        );
+        g.node
+            .iter_mut()
+            .find(|n| n.name() == "plus3")
+            .unwrap()
+            .input[1] = "k3dq".into();
+        g.initializer.retain(|t| t.name() != "k3");
+        g.initializer.extend([
+            onnx::tensor_from_i8("q3", &[], &[1]),
+            onnx::tensor_from_f32("s3", &[], &[3.0]),
+        ]);
+        let (out, fused) = fuse(&m).unwrap();
+        assert_eq!(fused.len(), 1);
+        let ops: Vec<&str> = out.graph().node.iter().map(|n| n.op_type()).collect();
+        assert_eq!(ops, ["Conv", "HardSwish"]);
+        // A dequantized 4 is not hard-swish's 3.
+        let g = m.graph_mut();
+        g.initializer.retain(|t| t.name() != "s3");
+        g.initializer.push(onnx::tensor_from_f32("s3", &[], &[4.0]));
+        assert!(fuse(&m).is_none());
     }
 
     /// Anything that is not hard-swish, or whose parts something else reads, stays as it was.
