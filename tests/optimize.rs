@@ -652,22 +652,8 @@ fn unknown_ops_stay_float_with_a_warning() {
         output: vec![onnx::value_info("y", onnx::DataType::Float)],
         ..Default::default()
     };
-    let model = pb::ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(13),
-        }],
-        graph: Some(graph),
-        ..Default::default()
-    };
     let file = tmp.path().join("celu.onnx");
-    Model {
-        proto: model,
-        path: file.clone(),
-    }
-    .save(&file)
-    .unwrap();
+    Model::from_graph(graph, 13, &file).save(&file).unwrap();
     let manifest = tmp.path().join("celu.toml");
     std::fs::write(
         &manifest,
@@ -1208,45 +1194,38 @@ fn grouped_nchw_stem_gives_the_same_integers() {
             .map(|i| ((i * 7) % 11) as f32 * 0.1 - 0.5)
             .collect();
         let b: Vec<f32> = (0..8).map(|i| i as f32 * 0.05 - 0.2).collect();
-        let model = Model {
-            proto: pb::ModelProto {
-                ir_version: Some(8),
-                opset_import: vec![pb::OperatorSetIdProto {
-                    domain: Some(String::new()),
-                    version: Some(13),
-                }],
-                graph: Some(pb::GraphProto {
-                    node: vec![
-                        onnx::node(
-                            "Conv",
-                            "stem",
-                            &["x", "w", "b"],
-                            &["y"],
-                            vec![
-                                onnx::attr_ints("strides", &[stride, stride]),
-                                onnx::attr_ints("pads", &[1, 1, 1, 1]),
-                            ],
-                        ),
-                        onnx::node("Relu", "relu", &["y"], &["r"], vec![]),
-                        onnx::node("Conv", "next", &["r", "w2"], &["out"], vec![]),
-                    ],
-                    initializer: vec![
-                        onnx::tensor_from_f32("w", &[8, 3, 3, 3], &w),
-                        onnx::tensor_from_f32("b", &[8], &b),
-                        onnx::tensor_from_f32("w2", &[8, 8, 1, 1], &w[..64]),
-                    ],
-                    input: vec![onnx::value_info_shaped(
-                        "x",
-                        DataType::Float,
-                        &[1, 3, 32, 32],
-                    )],
-                    output: vec![onnx::value_info("out", DataType::Float)],
-                    ..Default::default()
-                }),
+        let model = Model::from_graph(
+            pb::GraphProto {
+                node: vec![
+                    onnx::node(
+                        "Conv",
+                        "stem",
+                        &["x", "w", "b"],
+                        &["y"],
+                        vec![
+                            onnx::attr_ints("strides", &[stride, stride]),
+                            onnx::attr_ints("pads", &[1, 1, 1, 1]),
+                        ],
+                    ),
+                    onnx::node("Relu", "relu", &["y"], &["r"], vec![]),
+                    onnx::node("Conv", "next", &["r", "w2"], &["out"], vec![]),
+                ],
+                initializer: vec![
+                    onnx::tensor_from_f32("w", &[8, 3, 3, 3], &w),
+                    onnx::tensor_from_f32("b", &[8], &b),
+                    onnx::tensor_from_f32("w2", &[8, 8, 1, 1], &w[..64]),
+                ],
+                input: vec![onnx::value_info_shaped(
+                    "x",
+                    DataType::Float,
+                    &[1, 3, 32, 32],
+                )],
+                output: vec![onnx::value_info("out", DataType::Float)],
                 ..Default::default()
             },
-            path: "stem.onnx".into(),
-        };
+            13,
+            "stem.onnx",
+        );
         let tmp = tempfile::tempdir().unwrap();
         let (q, _) = quantized_on(&model, &inputs, tmp.path());
         let (g, grouped) = edgesight::optimize::stem::group_pixels(&q, |_| false).unwrap();

@@ -69,6 +69,23 @@ impl Model {
         Ok(model)
     }
 
+    /// A model of one graph built in code, at default-domain `opset` and IR version 8 (one
+    /// that ONNX Runtime loads).
+    pub fn from_graph(graph: pb::GraphProto, opset: i64, path: impl Into<PathBuf>) -> Self {
+        Self {
+            proto: pb::ModelProto {
+                ir_version: Some(8),
+                opset_import: vec![pb::OperatorSetIdProto {
+                    domain: Some(String::new()),
+                    version: Some(opset),
+                }],
+                graph: Some(graph),
+                ..Default::default()
+            },
+            path: path.into(),
+        }
+    }
+
     pub fn graph(&self) -> &pb::GraphProto {
         self.proto.graph.as_ref().expect("checked at load")
     }
@@ -708,33 +725,23 @@ mod tests {
 
     #[test]
     fn element_types_follow_shape_arithmetic() {
-        let proto = pb::ModelProto {
-            opset_import: vec![pb::OperatorSetIdProto {
-                domain: Some(String::new()),
-                version: Some(13),
-            }],
-            graph: Some(pb::GraphProto {
-                node: vec![
-                    node("Relu", "r", &["x"], &["a"], vec![]),
-                    node("Shape", "s", &["a"], &["shape"], vec![]),
-                    node(
-                        "Concat",
-                        "c",
-                        &["shape", "shape"],
-                        &["two"],
-                        vec![attr_int("axis", 0)],
-                    ),
-                    node("Reshape", "re", &["a", "two"], &["b"], vec![]),
-                ],
-                input: vec![value_info("x", DataType::Float)],
-                ..Default::default()
-            }),
+        let graph = pb::GraphProto {
+            node: vec![
+                node("Relu", "r", &["x"], &["a"], vec![]),
+                node("Shape", "s", &["a"], &["shape"], vec![]),
+                node(
+                    "Concat",
+                    "c",
+                    &["shape", "shape"],
+                    &["two"],
+                    vec![attr_int("axis", 0)],
+                ),
+                node("Reshape", "re", &["a", "two"], &["b"], vec![]),
+            ],
+            input: vec![value_info("x", DataType::Float)],
             ..Default::default()
         };
-        let m = Model {
-            proto,
-            path: "t.onnx".into(),
-        };
+        let m = Model::from_graph(graph, 13, "t.onnx");
         let t = infer_elem_types(&m);
         let f = DataType::Float as i32;
         let i = DataType::Int64 as i32;

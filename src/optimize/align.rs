@@ -24,7 +24,7 @@
 //!     output: vec![onnx::value_info("y", onnx::DataType::Float)],
 //!     ..Default::default()
 //! };
-//! let model = Model { proto: pb::ModelProto { graph: Some(g), ..Default::default() }, path: "m.onnx".into() };
+//! let model = Model::from_graph(g, 13, "m.onnx");
 //! let (out, widened) = edgesight::optimize::align::widen_depthwise(&model).unwrap();
 //! assert_eq!(widened[0].channels, (24, 32));
 //! assert_eq!(onnx::get_attr_int(&out.graph().node[1], "group"), Some(32));

@@ -241,9 +241,9 @@ pub fn collect(
                     .observe(&o.data, axis);
             }
             if names.contains(&o.name) {
-                shapes
-                    .entry(o.name.clone())
-                    .or_insert_with(|| o.data.shape().to_vec());
+                if !shapes.contains_key(&o.name) {
+                    shapes.insert(o.name.clone(), o.data.shape().to_vec());
+                }
                 let v = o.data.as_slice_memory_order().map(<[f32]>::to_vec);
                 let v = v.unwrap_or_else(|| o.data.iter().copied().collect());
                 stats.entry(o.name).or_default().observe(&v);

@@ -32,7 +32,7 @@
 //!     output: vec![onnx::value_info("y_q", DataType::Uint8)],
 //!     ..Default::default()
 //! };
-//! let model = Model { proto: pb::ModelProto { graph: Some(g), ..Default::default() }, path: "m.onnx".into() };
+//! let model = Model::from_graph(g, 13, "m.onnx");
 //! let shapes = HashMap::from([("x".to_string(), vec![1, 8, 4, 4]), ("gate".to_string(), vec![1, 8, 1, 1])]);
 //! let (out, tiled) = edgesight::optimize::gates::tile(&model, &shapes).unwrap();
 //! assert_eq!(tiled[0].shape, [1, 8, 4, 4]);
@@ -186,13 +186,7 @@ mod tests {
             output: vec![onnx::value_info("y", DataType::Float)],
             ..Default::default()
         };
-        Model {
-            proto: pb::ModelProto {
-                graph: Some(g),
-                ..Default::default()
-            },
-            path: "gated.onnx".into(),
-        }
+        Model::from_graph(g, 13, "gated.onnx")
     }
 
     /// Dimension `dim` of input `x` made the symbol `name`.

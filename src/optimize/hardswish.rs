@@ -24,11 +24,7 @@
 //!     output: vec![onnx::value_info("y", onnx::DataType::Float)],
 //!     ..Default::default()
 //! };
-//! let opset = vec![pb::OperatorSetIdProto { domain: Some(String::new()), version: Some(13) }];
-//! let model = Model {
-//!     proto: pb::ModelProto { graph: Some(g), opset_import: opset, ..Default::default() },
-//!     path: "m.onnx".into(),
-//! };
+//! let model = Model::from_graph(g, 13, "m.onnx");
 //! let (out, fused) = edgesight::optimize::hardswish::fuse(&model).unwrap();
 //! assert_eq!(fused[0].node, "hswish");
 //! assert_eq!(out.graph().node.len(), 1);
@@ -195,28 +191,22 @@ mod tests {
             onnx::node("Mul", "hswish", &["m", "r"], &["y"], vec![]),
         ];
         node.extend(extra);
-        Model {
-            proto: pb::ModelProto {
-                opset_import: vec![pb::OperatorSetIdProto {
-                    domain: Some(String::new()),
-                    version: Some(opset),
-                }],
-                graph: Some(pb::GraphProto {
-                    node,
-                    initializer: vec![
-                        c("k6", sixth),
-                        c("k3", 3.0),
-                        c("lo", 0.0),
-                        c("hi", 6.0),
-                        onnx::tensor_from_f32("w", &[1, 1, 1, 1], &[1.0]),
-                    ],
-                    output: vec![onnx::value_info("y", DataType::Float)],
-                    ..Default::default()
-                }),
+        Model::from_graph(
+            pb::GraphProto {
+                node,
+                initializer: vec![
+                    c("k6", sixth),
+                    c("k3", 3.0),
+                    c("lo", 0.0),
+                    c("hi", 6.0),
+                    onnx::tensor_from_f32("w", &[1, 1, 1, 1], &[1.0]),
+                ],
+                output: vec![onnx::value_info("y", DataType::Float)],
                 ..Default::default()
             },
-            path: "hswish.onnx".into(),
-        }
+            opset,
+            "hswish.onnx",
+        )
     }
 
     /// The float16 rounding of 1/6 that TF.js exports is fused, and named in the description;

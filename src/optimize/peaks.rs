@@ -34,7 +34,7 @@
 //!     output: vec![onnx::value_info("keep", onnx::DataType::Bool)],
 //!     ..Default::default()
 //! };
-//! let model = Model { proto: pb::ModelProto { graph: Some(g), ..Default::default() }, path: "m.onnx".into() };
+//! let model = Model::from_graph(g, 13, "m.onnx");
 //! let (out, tests) = edgesight::optimize::peaks::pool_the_logits(&model, |_| false).unwrap();
 //! assert_eq!(tests, ["peak"]);
 //! let pool = out.graph().node.iter().find(|n| n.op_type() == "MaxPool").unwrap();

@@ -2023,23 +2023,14 @@ mod tests {
     }
 
     fn model_of(node: Vec<pb::NodeProto>, initializer: Vec<pb::TensorProto>) -> Model {
-        Model {
-            proto: pb::ModelProto {
-                opset_import: vec![pb::OperatorSetIdProto {
-                    domain: Some(String::new()),
-                    version: Some(13),
-                }],
-                graph: Some(pb::GraphProto {
-                    node,
-                    initializer,
-                    input: vec![onnx::value_info("x", DataType::Float)],
-                    output: vec![onnx::value_info("out", DataType::Float)],
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            path: "block.onnx".into(),
-        }
+        let graph = pb::GraphProto {
+            node,
+            initializer,
+            input: vec![onnx::value_info("x", DataType::Float)],
+            output: vec![onnx::value_info("out", DataType::Float)],
+            ..Default::default()
+        };
+        Model::from_graph(graph, 13, "block.onnx")
     }
 
     /// A MobileNetV3 block: Conv, hard-swish written as TF exports it (`x/6 * relu6(x + 3)`),

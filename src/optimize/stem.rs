@@ -44,7 +44,7 @@
 //!     output: vec![onnx::value_info("y_q", DataType::Uint8)],
 //!     ..Default::default()
 //! };
-//! let model = Model { proto: pb::ModelProto { graph: Some(g), ..Default::default() }, path: "m.onnx".into() };
+//! let model = Model::from_graph(g, 13, "m.onnx");
 //! let (out, grouped) = edgesight::optimize::stem::group_pixels(&model, |_| false).unwrap();
 //! assert_eq!((grouped[0].pixels, grouped[0].channels), (4, 12));
 //! let g = out.graph();
@@ -86,9 +86,9 @@ struct Site {
     /// A Relu or Clip between the convolution and its output's QuantizeLinear.
     act: Option<usize>,
     out_q: usize,
-    /// The NHWC image: the graph input itself, or `None` for an NCHW input to transpose.
-    nhwc: Option<String>,
+    /// The graph input holding the image, and whether it is NHWC (else NCHW, to transpose).
     image: String,
+    nhwc: bool,
     in_q: usize,
     in_dq: usize,
     w_dq: usize,
@@ -212,12 +212,12 @@ fn site(
                 return None;
             }
             let [_, h, w, c] = input_dims(&t.input[0])?;
-            (Some(t.input[0].clone()), t.input[0].clone(), [c?, h?, w?])
+            (true, t.input[0].clone(), [c?, h?, w?])
         }
         Some(_) => return None,
         None => {
             let [_, c, h, w] = input_dims(x)?;
-            (None, x.to_string(), [c?, h?, w?])
+            (false, x.to_string(), [c?, h?, w?])
         }
     };
     // Weights: int8 with zero points 0, per tensor or per output channel.
@@ -461,16 +461,15 @@ fn rewrite(
     let image_q = name("image_q");
     let mut q = iq.clone();
     q.name = Some(format!("{image_q}_Q"));
-    q.input[0] = s.nhwc.clone().unwrap_or_else(|| s.image.clone());
+    q.input[0] = s.image.clone();
     q.output = vec![image_q.clone()];
     nodes.push(q);
-    let nhwc = match &s.nhwc {
-        Some(_) => image_q,
-        None => {
-            let t = name("nhwc");
-            nodes.push(transpose(&image_q, &t, &[0, 2, 3, 1]));
-            t
-        }
+    let nhwc = if s.nhwc {
+        image_q
+    } else {
+        let t = name("nhwc");
+        nodes.push(transpose(&image_q, &t, &[0, 2, 3, 1]));
+        t
     };
     let reshape = |input: &str, output: &str, dims: &[i64], inits: &mut Vec<pb::TensorProto>| {
         let shape = format!("{output}_shape");
