@@ -28,11 +28,16 @@ publish() {
   mv "$1" "$C/$2"
 }
 
+# n_images DIR: how many .jpg files DIR holds (0 when it does not exist).
+n_images() { find "$1" -maxdepth 1 -name '*.jpg' 2>/dev/null | wc -l; }
+
 # --- Street: frames of assets/vtest.avi (768x576, 795 frames, 10 fps) ------------------------
-# Calibration: frames 0, 20, 40, ..., 780. Held out: frames 10, 30, ..., 790. Disjoint, and
-# each held-out frame is 1 s from its nearest calibration frames.
+# Calibration: frames 0, 20, 40, ..., 780. Held out: every 5th frame that does not calibrate,
+# 5, 10, 15, 25, ..., 790: 119 frames. Disjoint, and each held-out frame is at least 0.5 s from
+# the nearest calibration frame. (Up to 2026-11-25 the held-out set was the 40 frames at 10, 30,
+# ...; a set of another size is fetched again.)
 VTEST_FRAMES=795
-if [ ! -d "$C/street" ] || [ ! -d "$C/heldout/street" ]; then
+if [ ! -d "$C/street" ] || [ "$(n_images "$C/heldout/street")" -ne 119 ]; then
   [ -f "$ROOT/assets/vtest.avi" ] || { echo "setup: assets/vtest.avi missing: run assets/fetch.sh first" >&2; exit 1; }
   command -v gst-launch-1.0 >/dev/null || { echo "setup: gst-launch-1.0 missing: install gstreamer1.0-tools" >&2; exit 1; }
   log "extracting calibration frames from assets/vtest.avi"
@@ -45,11 +50,12 @@ if [ ! -d "$C/street" ] || [ ! -d "$C/heldout/street" ]; then
   for ((f = 0; f < VTEST_FRAMES; f += 20)); do
     printf -v n '%04d' "$f"; mv "$tmp/all/$n.jpg" "$tmp/street/vtest-$n.jpg"
   done
-  for ((f = 10; f < VTEST_FRAMES; f += 20)); do
+  for ((f = 5; f < VTEST_FRAMES; f += 5)); do
+    [ $((f % 20)) -eq 0 ] && continue
     printf -v n '%04d' "$f"; mv "$tmp/all/$n.jpg" "$tmp/heldout/vtest-$n.jpg"
   done
   count_is "$tmp/street" 40
-  count_is "$tmp/heldout" 40
+  count_is "$tmp/heldout" 119
   publish "$tmp/street" street
   publish "$tmp/heldout" heldout/street
 fi
@@ -61,13 +67,28 @@ fi
 # face-chips/: 150x150 face crops aligned by dlib, 5 people x 11 (for a face embedder), from
 #              Debian libdlib19.1 examples/johns; the file name starts with the person's name.
 # Split: sorted by name (C locale), alternately calibration, held out. Face chips alternate
-# within each person, so every person is in both sets and no image is in both.
+# within each person, so every person is in both sets and no image is in both. dlib ships one
+# of John Shimkus's chips twice, under two names; only the first by name is kept, or the split
+# would put the same picture on both sides (29 calibration chips, 25 held out; until
+# 2026-11-25 it was 30 and 25, with that twin in both, and such a folder is fetched again).
 DLIB_DEB=libdlib19.1_19.24+dfsg-1_amd64.deb
 DLIB_SHA=f03f46681d43701914ddd38eee42f1d34dc1d12e2f125bd1e3b562f23572b4da
 FACEREC_SDIST=face_recognition-1.3.0.tar.gz
 FACEREC_SHA=5e5efdd1686aa566af0d3cc1313b131e4b197657a8ffd03669e6d3fad92705ec
 MESSI=/usr/share/doc/opencv-doc/examples/data/messi5.jpg
 MESSI_SHA=1d570e49654e84c7a943918537bd9e5e1ef82920152e147c834006e235be97c9
+
+# dedupe DIR: remove every .jpg whose bytes an earlier one (by name, C locale) already has.
+dedupe() {
+  local seen=" " f h
+  while IFS= read -r f; do
+    h=$(sha256sum "$1/$f" | cut -c1-64)
+    case "$seen" in
+      *" $h "*) rm "$1/$f" ;;
+      *) seen="$seen$h " ;;
+    esac
+  done < <(find "$1" -maxdepth 1 -type f -name '*.jpg' -printf '%f\n' | LC_ALL=C sort)
+}
 
 # alternate SRC_DIR CAL_DIR HELDOUT_DIR: alternate SRC_DIR's files, sorted by name, into the two.
 alternate() {
@@ -92,7 +113,7 @@ fetch_dlib_deb() {
 }
 
 if [ ! -d "$C/faces" ] || [ ! -d "$C/heldout/faces" ] \
-  || [ ! -d "$C/face-chips" ] || [ ! -d "$C/heldout/face-chips" ]; then
+  || [ "$(n_images "$C/face-chips")" -ne 29 ] || [ ! -d "$C/heldout/face-chips" ]; then
   log "fetching face images"
   fetch_dlib_deb
   pip_download face-recognition==1.3.0 "$FACEREC_SDIST" "$FACEREC_SHA" --no-binary :all:
@@ -121,12 +142,13 @@ if [ ! -d "$C/faces" ] || [ ! -d "$C/heldout/faces" ] \
     rm -rf "$tmp/chips" && mkdir "$tmp/chips"
     for f in "$person"*.jpg; do mv "$f" "$tmp/chips/$p-$(basename "$f")"; done
     count_is "$tmp/chips" 11
+    dedupe "$tmp/chips"
     alternate "$tmp/chips" "$tmp/face-chips" "$tmp/heldout-face-chips"
   done
 
   count_is "$tmp/faces" 8
   count_is "$tmp/heldout-faces" 8
-  count_is "$tmp/face-chips" 30
+  count_is "$tmp/face-chips" 29
   count_is "$tmp/heldout-face-chips" 25
   publish "$tmp/faces" faces
   publish "$tmp/heldout-faces" heldout/faces

@@ -461,7 +461,11 @@ fn optimize(a: &OptimizeArgs) -> Result<ExitCode> {
             m.file = file.clone();
             m
         }
-        None => manifest_for_file(&file)?,
+        None => {
+            // A file that is not ONNX is the error to report, not a manifest that cannot name it.
+            edgesight::onnx::Model::load(&file)?;
+            manifest_for_file(&file)?
+        }
     };
     let method: Method = a
         .method

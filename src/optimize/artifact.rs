@@ -158,7 +158,7 @@ pub fn check_tensorrt(
     precision: Precision,
     base: &EngineConfig,
 ) -> Result<(), OptimizeError> {
-    open_tensorrt(model, tensorrt_options(precision, None), base)
+    open_tensorrt(model, tensorrt_options(precision, None), base).map(|_| ())
 }
 
 /// A session on the TensorRT provider, never falling back to the CPU.
@@ -166,16 +166,14 @@ fn open_tensorrt(
     model: &Path,
     tensorrt: TensorRtOptions,
     base: &EngineConfig,
-) -> Result<(), OptimizeError> {
+) -> Result<Engine, OptimizeError> {
     let cfg = EngineConfig {
         provider: Provider::Tensorrt,
         fallback_to_cpu: false,
         tensorrt,
         ..base.clone()
     };
-    Engine::load(model, &cfg)
-        .map(|_| ())
-        .map_err(|e| tensorrt_missing(&e.to_string()))
+    Engine::load(model, &cfg).map_err(|e| tensorrt_missing(&e.to_string()))
 }
 
 fn tensorrt_missing(reason: &str) -> OptimizeError {
@@ -185,13 +183,16 @@ fn tensorrt_missing(reason: &str) -> OptimizeError {
     ))
 }
 
-/// Builds the TensorRT engines ahead of time into `dir/trt-cache` by opening a session with
-/// the engine cache on: the first session builds, later ones (in `run`) load.
+/// Builds the TensorRT engines ahead of time into `dir/trt-cache`: a session with the engine
+/// cache on runs `sample` once, so later sessions (in `run`) load what it built. A graph with
+/// symbolic dims gets its engine at the first run, not when the session opens, hence the run;
+/// `run` at another batch size than the sample's builds once more.
 pub fn build_tensorrt(
     model: &Path,
     dir: &Path,
     precision: Precision,
     base: &EngineConfig,
+    sample: &crate::tensor::Tensor,
 ) -> Result<TensorRtInfo, OptimizeError> {
     let cache = dir.join(TRT_CACHE);
     std::fs::create_dir_all(&cache).map_err(|e| OptimizeError::Io {
@@ -199,7 +200,14 @@ pub fn build_tensorrt(
         reason: e.to_string(),
     })?;
     let opts = tensorrt_options(precision, Some(cache));
-    open_tensorrt(model, opts.clone(), base)?;
+    open_tensorrt(model, opts.clone(), base)?
+        .run(sample)
+        .map_err(|e| {
+            OptimizeError::Unsupported(format!(
+                "--target tensorrt: building the engine for {} failed: {e}",
+                model.display()
+            ))
+        })?;
     Ok(TensorRtInfo {
         fp16: opts.fp16,
         int8: opts.int8,

@@ -89,6 +89,20 @@ impl ImageSet {
             sha256: hex(&h.finalize()),
         })
     }
+
+    /// The first image of `self` whose bytes are also in `other`, with its twin there: a
+    /// held-out set must share none with the calibration set, whatever the files are called.
+    pub fn shared_with(&self, other: &ImageSet) -> Option<(PathBuf, PathBuf)> {
+        let digest = |p: &PathBuf| std::fs::read(p).ok().map(Sha256::digest);
+        let theirs: std::collections::HashMap<_, &PathBuf> = other
+            .images
+            .iter()
+            .filter_map(|p| Some((digest(p)?, p)))
+            .collect();
+        self.images
+            .iter()
+            .find_map(|p| Some((p.clone(), theirs.get(&digest(p)?)?.to_path_buf())))
+    }
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -181,6 +195,10 @@ pub struct Statistics {
     /// The shape of every calibration tensor (batch 1), for rewrites that need it fixed.
     #[serde(default)]
     pub shapes: HashMap<String, Vec<usize>>,
+    /// The images of the set that did not decode, with why: a run from the cache reports them
+    /// as the run that decoded the set did.
+    #[serde(default)]
+    pub skipped: Vec<String>,
 }
 
 /// Per-channel sums along `axis`, accumulated over runs.
@@ -256,6 +274,7 @@ pub fn collect(
         tensors: stats,
         channel_means: sums.into_iter().map(|(k, s)| (k, s.means())).collect(),
         shapes,
+        skipped: Vec::new(),
     })
 }
 
@@ -272,7 +291,7 @@ pub fn cache_dir() -> PathBuf {
     base.join("edgesight")
 }
 
-const PIXELS_REVISION: u32 = 5;
+const PIXELS_REVISION: u32 = 6;
 
 /// Keyed by everything the statistics depend on, the set of tensors observed included: a
 /// quantizer that learns a new op needs statistics for tensors an older run did not collect.
@@ -293,8 +312,8 @@ pub fn cache_key(
     h.update(env!("CARGO_PKG_VERSION"));
     // Bumped whenever decoding or preprocessing changes the pixels (2: I420 decode, OpenCV
     // bilinear resize) or the statistics gain a field (3: exact zeros counted; 4: channel
-    // means for bias correction; 5: tensor shapes), which a version number in development
-    // does not track.
+    // means for bias correction; 5: tensor shapes; 6: the skipped images), which a version
+    // number in development does not track.
     h.update(PIXELS_REVISION.to_le_bytes());
     hex(&h.finalize())[..24].to_string()
 }

@@ -1,8 +1,8 @@
 //! FP16: weights and compute in float16, the graph's inputs and outputs still float32 (callers
 //! keep feeding and reading f32), and precision-sensitive ops kept in float32 between Casts.
 //!
-//! Only the places that state a type explicitly change: float initializers, `Constant` values,
-//! `Cast(to=FLOAT)` and the graph I/O. Intermediate types follow by inference, so stale
+//! Only the places that state a type explicitly change: float initializers, `Constant` and
+//! `ConstantOfShape` values, `Cast(to=FLOAT)` and the graph I/O. Intermediate types follow by inference, so stale
 //! `value_info` entries are dropped rather than patched.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -25,7 +25,9 @@ const KEEP_FP32: &[(&str, &[usize], &[usize])] = &[
     ("ReduceSum", &[0], &[0]),
     ("ReduceL2", &[0], &[0]),
     ("RoiAlign", &[0, 1], &[0]),
-    ("Range", &[], &[]),
+    // ONNX's Range has no float16 type: a float Range (YOLO's anchor grid, built from a Cast of
+    // the shape) reads and writes float32 between Casts.
+    ("Range", &[0, 1, 2], &[0]),
 ];
 
 /// Inputs that ONNX requires to be float32 whatever the data type: (op, position).
@@ -43,11 +45,53 @@ pub struct Fp16Report {
     pub kept_fp32_nodes: Vec<String>,
 }
 
-fn keep_rule<'a>(op: &str, opts: &'a Fp16Options) -> Option<(&'a [usize], &'a [usize])> {
+fn keep_rule<'a>(
+    n: &pb::NodeProto,
+    float_source: &dyn Fn(&str) -> bool,
+    opts: &'a Fp16Options,
+) -> Option<(&'a [usize], &'a [usize])> {
+    let op = n.op_type();
+    // Range is mostly an integer op (shape arithmetic), which float16 leaves alone; only a
+    // Range over floats needs its float32 island.
+    if op == "Range" && !n.input.iter().any(|i| float_source(i)) {
+        return None;
+    }
     if let Some((_, i, o)) = KEEP_FP32.iter().find(|(k, _, _)| *k == op) {
         return Some((i, o));
     }
     opts.keep_ops.contains(op).then_some((&[0][..], &[0][..]))
+}
+
+/// Whether `name` is stated to be float where it is made: a float initializer or graph input,
+/// a float `Constant`, or a `Cast(to=FLOAT)`. Types that follow by inference are not tracked.
+fn stated_float(g: &pb::GraphProto) -> HashSet<String> {
+    let float = DataType::Float as i32;
+    let mut out: HashSet<String> = g
+        .initializer
+        .iter()
+        .filter(|t| t.data_type() == float)
+        .map(|t| t.name().to_string())
+        .collect();
+    out.extend(
+        g.input
+            .iter()
+            .filter(|v| onnx::value_info_elem(v) == Some(float))
+            .map(|v| v.name().to_string()),
+    );
+    for n in &g.node {
+        let is_float = match n.op_type() {
+            "Cast" => onnx::get_attr_int(n, "to") == Some(float as i64),
+            "Constant" => n
+                .attribute
+                .iter()
+                .any(|a| a.t.as_ref().is_some_and(|t| t.data_type() == float)),
+            _ => false,
+        };
+        if is_float {
+            out.extend(n.output.iter().cloned());
+        }
+    }
+    out
 }
 
 /// IEEE 754 binary16 from binary32, round to nearest even, saturating to ±inf like a cast.
@@ -110,10 +154,12 @@ pub fn convert(model: &Model, opts: &Fp16Options) -> Result<(Model, Fp16Report),
     let mut report = Fp16Report::default();
     let float = DataType::Float as i32;
 
+    let floats = stated_float(g);
+    let float_source = |name: &str| floats.contains(name);
     // Which initializers can become f16: every use must be an f16 position.
     let mut must_stay: HashSet<String> = HashSet::new();
     for n in &g.node {
-        let keep = keep_rule(n.op_type(), opts);
+        let keep = keep_rule(n, &float_source, opts);
         for (i, inp) in n.input.iter().enumerate() {
             let fixed = ALWAYS_FP32_INPUTS.contains(&(n.op_type(), i));
             if fixed || keep.is_some() {
@@ -164,7 +210,7 @@ pub fn convert(model: &Model, opts: &Fp16Options) -> Result<(Model, Fp16Report),
                 *inp = r.clone();
             }
         }
-        let keep = keep_rule(n.op_type(), opts);
+        let keep = keep_rule(n, &float_source, opts);
         if let Some((fin, fout)) = keep {
             report.kept_fp32_nodes.push(super::qdq::node_label(n));
             for &i in fin {
@@ -207,11 +253,21 @@ pub fn convert(model: &Model, opts: &Fp16Options) -> Result<(Model, Fp16Report),
                     a.i = Some(DataType::Float16 as i64);
                 }
             }
-            "Constant" => {
+            // Both state their float values in a tensor attribute.
+            "Constant" | "ConstantOfShape" => {
                 for a in node.attribute.iter_mut() {
                     if let Some(t) = a.t.as_ref().filter(|t| t.data_type() == float) {
                         a.t = to_f16_tensor(t);
                     }
+                }
+                // Without `value`, ConstantOfShape fills float32 zeros (BlazeFace's paddings).
+                if n.op_type() == "ConstantOfShape" && node.attribute.is_empty() {
+                    node.attribute.push(pb::AttributeProto {
+                        name: Some("value".into()),
+                        r#type: Some(pb::attribute_proto::AttributeType::Tensor as i32),
+                        t: Some(onnx::tensor_raw("", DataType::Float16, &[1], vec![0, 0])),
+                        ..Default::default()
+                    });
                 }
             }
             _ => {}

@@ -227,6 +227,17 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
     };
     // Held-out frames: fidelity and latency are measured on these, never on calibration images.
     let heldout_set = calibrate::ImageSet::open(&spec.heldout)?;
+    if let Some((held, twin)) = cal_set.as_ref().and_then(|c| heldout_set.shared_with(c)) {
+        return Err(OptimizeError::Calibration {
+            dir: spec.heldout.clone(),
+            reason: format!(
+                "held-out image {} is also in the calibration set (as {}); fidelity on images \
+                 that set the ranges would flatter the model",
+                held.display(),
+                twin.display()
+            ),
+        });
+    }
     let (held, _) = calibrate::tensors(&heldout_set, &pre, &|d, t| {
         progress("held-out frames", d, t)
     })?;
@@ -267,14 +278,22 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
             );
             // The decoded images are kept for the accuracy search, when they were decoded.
             let (stats, skipped, cached, decoded) = match calibrate::load_cached(&key) {
-                Some(s) => (s, 0, true, None),
+                Some(s) => {
+                    for image in &s.skipped {
+                        tracing::warn!(%image, "skipped: did not decode when this set was calibrated");
+                    }
+                    let n = s.skipped.len();
+                    (s, n, true, None)
+                }
                 None => {
                     let (inputs, bad) = calibrate::tensors(&set, &pre, &|d, t| {
                         progress("decoding calibration images", d, t)
                     })?;
-                    let s = calibrate::collect(&src, &inputs, &cpu, scratch.path(), &|d, t| {
-                        progress("calibrating", d, t)
-                    })?;
+                    let mut s =
+                        calibrate::collect(&src, &inputs, &cpu, scratch.path(), &|d, t| {
+                            progress("calibrating", d, t)
+                        })?;
+                    s.skipped.clone_from(&bad);
                     calibrate::store_cached(&key, &s);
                     (s, bad.len(), false, Some(inputs))
                 }
@@ -641,6 +660,7 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
             scratch.path(),
             spec.precision,
             &spec.engine,
+            &held[0],
         )?)
     } else {
         None
