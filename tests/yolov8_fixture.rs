@@ -101,3 +101,81 @@ fn fixture_through_the_cli() {
     assert_eq!(events(out.path()).len(), 5);
     assert_eq!(summary(out.path())["model"], "yolov8");
 }
+
+/// `optimize` on the fixture, the YOLOv8s graph that carries the INT8 speed target: it
+/// calibrates on street frames, quantizes every convolution and the SiLUs between them, and its
+/// report measures the speed-up (the 2.5x target is read in the report and `bench`, never
+/// asserted in a timed test). With random weights there are no boxes to agree on, so fidelity
+/// is the outputs' cosine.
+#[test]
+fn fixture_quantizes_through_optimize() {
+    let Some(file) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = |from: &str, to: &str, step: usize| {
+        let dir = tmp.path().join(to);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut all: Vec<_> = std::fs::read_dir(root().join(from))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        all.sort();
+        for p in all.iter().step_by(step) {
+            std::fs::copy(p, dir.join(p.file_name().unwrap())).unwrap();
+        }
+        dir
+    };
+    let cal = copy("calibration/street", "cal", 8);
+    let held = copy("calibration/heldout/street", "held", 40);
+    let out = tmp.path().join("art");
+    let o = edgesight_env(
+        &[
+            "optimize",
+            file.to_str().unwrap(),
+            "--model",
+            "yolov8",
+            "--calibration",
+            cal.to_str().unwrap(),
+            "--heldout",
+            held.to_str().unwrap(),
+            "--runs",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[("EDGESIGHT_CACHE", tmp.path().to_str().unwrap())],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let a: toml::Value =
+        toml::from_str(&std::fs::read_to_string(out.join("artifact.toml")).unwrap()).unwrap();
+    assert_eq!(a["calibration"]["images"].as_integer(), Some(5));
+    let convs = edgesight::onnx::Model::load(&file)
+        .unwrap()
+        .graph()
+        .node
+        .iter()
+        .filter(|n| n.op_type() == "Conv")
+        .count() as i64;
+    let layers = a["quantized_layers"].as_integer().unwrap();
+    assert!(layers >= convs, "{layers} quantized, {convs} convolutions");
+    let int8 = a["figures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["precision"].as_str() == Some("int8"))
+        .unwrap();
+    let cos = int8["fidelity"]["mean_cosine"].as_float().unwrap();
+    assert!(cos > 0.99, "INT8 output cosine {cos}");
+    // The SiLUs run on integers: ONNX Runtime fused their Q/DQ into QLinearSigmoid.
+    let ops: Vec<&str> = int8["kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["op"].as_str().unwrap())
+        .collect();
+    assert!(
+        ops.contains(&"QLinearSigmoid") && ops.contains(&"QLinearConv"),
+        "{ops:?}"
+    );
+    assert!(!ops.contains(&"Sigmoid"), "a SiLU left in float: {ops:?}");
+}
