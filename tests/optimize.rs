@@ -513,7 +513,6 @@ fn fp16_runs_every_family() {
 fn gemm_and_matmul_get_per_channel_weights() {
     use edgesight::engine::{Engine, EngineConfig};
     use edgesight::onnx::DataType;
-    use edgesight::preprocess::{Layout, PreprocessSpec, Preprocessor, Resize};
     let tmp = tempfile::tempdir().unwrap();
     // Output channels of very different magnitudes, so one scale per tensor would not do.
     // `axis` holds the output channels: 0 for Conv and Gemm(transB), 1 for a [K, N] weight.
@@ -564,23 +563,9 @@ fn gemm_and_matmul_get_per_channel_weights() {
     };
     let file = tmp.path().join("fc.onnx");
     let model = Model::from_graph(graph, 13, &file);
-    let mut p = Preprocessor::new(PreprocessSpec {
-        width: 32,
-        height: 32,
-        resize: Resize::Stretch,
-        layout: Layout::Nchw,
-        elem: edgesight::tensor::ElementType::F32,
-        mean: [0.0; 3],
-        std: [255.0; 3],
-        pad: 114,
-    });
+    let mut p = pixels_32x32_nchw();
     let mut frames = |dir: &str, n: usize| -> Vec<_> {
-        let mut files: Vec<_> = std::fs::read_dir(root().join(dir))
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        files.sort();
+        let files = files_in(dir);
         let img = |f: &PathBuf| edgesight::optimize::calibrate::decode_image(f).unwrap();
         files
             .iter()
@@ -799,16 +784,7 @@ fn heldout_images_that_calibrate_are_refused() {
 /// Copies `n` real face chips into `dir`, then adds `bad` files that are not images.
 fn chips(dir: &Path, n: usize, bad: usize) -> Vec<PathBuf> {
     std::fs::create_dir_all(dir).unwrap();
-    let mut all: Vec<PathBuf> = std::fs::read_dir(
-        asset("calibration/face-chips/John_Salley-000179_02159509.jpg")
-            .parent()
-            .unwrap(),
-    )
-    .unwrap()
-    .flatten()
-    .map(|e| e.path())
-    .collect();
-    all.sort();
+    let all = files_in("calibration/face-chips");
     for p in all.iter().take(n) {
         std::fs::copy(p, dir.join(p.file_name().unwrap())).unwrap();
     }
@@ -1346,6 +1322,21 @@ fn bus_labels(art: &Path, out: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Images as the small graphs built in these tests read them: 32x32, NCHW, float in 0..1.
+fn pixels_32x32_nchw() -> edgesight::preprocess::Preprocessor {
+    use edgesight::preprocess::{Layout, PreprocessSpec, Preprocessor, Resize};
+    Preprocessor::new(PreprocessSpec {
+        width: 32,
+        height: 32,
+        resize: Resize::Stretch,
+        layout: Layout::Nchw,
+        elem: edgesight::tensor::ElementType::F32,
+        mean: [0.0; 3],
+        std: [255.0; 3],
+        pad: 114,
+    })
+}
+
 /// Preprocessed tensors of `images` for the model at `file`, through the manifest `family`'s
 /// own preprocessing.
 fn family_inputs(file: &Path, family: &str, images: &[&str]) -> Vec<edgesight::tensor::Tensor> {
@@ -1448,18 +1439,7 @@ fn grouped_stem_gives_the_same_integers() {
 #[test]
 fn grouped_nchw_stem_gives_the_same_integers() {
     use edgesight::onnx::DataType;
-    use edgesight::preprocess::{Layout, PreprocessSpec, Preprocessor, Resize};
-    let spec = PreprocessSpec {
-        width: 32,
-        height: 32,
-        resize: Resize::Stretch,
-        layout: Layout::Nchw,
-        elem: edgesight::tensor::ElementType::F32,
-        mean: [0.0; 3],
-        std: [255.0; 3],
-        pad: 114,
-    };
-    let mut p = Preprocessor::new(spec);
+    let mut p = pixels_32x32_nchw();
     let inputs: Vec<_> = [
         "assets/bus.jpg",
         "calibration/heldout/street/vtest-0010.jpg",

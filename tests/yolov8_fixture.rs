@@ -114,13 +114,7 @@ fn fixture_quantizes_through_optimize() {
     let copy = |from: &str, to: &str, step: usize| {
         let dir = tmp.path().join(to);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut all: Vec<_> = std::fs::read_dir(root().join(from))
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        all.sort();
-        for p in all.iter().step_by(step) {
+        for p in files_in(from).iter().step_by(step) {
             std::fs::copy(p, dir.join(p.file_name().unwrap())).unwrap();
         }
         dir

@@ -25,6 +25,19 @@ pub fn asset(rel: &str) -> PathBuf {
     p
 }
 
+/// The files in `rel` (relative to the repository), sorted by name; a clear message when the
+/// folder is missing.
+pub fn files_in(rel: &str) -> Vec<PathBuf> {
+    let dir = root().join(rel);
+    let mut all: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}; run `bash scripts/setup.sh`", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    all.sort();
+    all
+}
+
 pub fn edgesight(args: &[&str]) -> Output {
     edgesight_env(args, &[])
 }
