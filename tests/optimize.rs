@@ -1092,11 +1092,20 @@ fn int8_centernet_reports_agreement_by_class() {
     );
     let shown = format!("| {map:.4} ({:.2}–{:.2}) |", iv[0], iv[1]);
     assert!(report.contains(&shown), "{shown} in {report}");
+    // A floor under the whole quantizer on the 119 held-out frames (measured 0.550; the
+    // report weighs it by detections too, 0.919): a regression in any rewrite or range shows
+    // here first.
+    assert!(map > 0.5, "plain INT8 agreement mAP50 {map}");
+    assert!(
+        report.contains("Weighted by FP32's detections instead: 0.9"),
+        "{report}"
+    );
     // The scale to read it on: FP32 against itself, resized bicubic instead of bilinear. A
-    // harmless change, yet the rare classes move it (measured 0.96).
+    // harmless change, yet the rare classes move it (measured 0.966, and 0.96 on the 40
+    // frames used until 2026-11-25).
     let a = artifact(&art);
     let y = a["yardstick"]["map50"].as_float().expect("a yardstick");
-    assert!(y > 0.85 && y < 1.0, "yardstick {y}");
+    assert!(y > 0.9 && y < 1.0, "yardstick {y}");
     assert!(
         report.contains(&format!("reads agreement mAP50 {y:.4}")),
         "{report}"
