@@ -663,6 +663,76 @@ fn inspect_prints_inputs_outputs_ops_and_parameters() {
     assert_eq!(v["inputs"][0].as_str(), Some("input: f32[N, 112, 112, 3]"));
 }
 
+/// A Range over floats (ONNX has no float16 Range) stays float32 between Casts, fed by a
+/// `Cast(to=FLOAT)` and a float `Constant` that float16 rewrites; the converted graph loads and
+/// gives FP32's values.
+#[test]
+fn fp16_keeps_a_float_range_in_float32() {
+    use edgesight::engine::{Engine, EngineConfig};
+    use edgesight::onnx::DataType;
+    use edgesight::optimize::fp16;
+    let tmp = tempfile::tempdir().unwrap();
+    let constant = |name: &str, t: pb::TensorProto| {
+        let value = pb::AttributeProto {
+            name: Some("value".into()),
+            r#type: Some(pb::attribute_proto::AttributeType::Tensor as i32),
+            t: Some(t),
+            ..Default::default()
+        };
+        onnx::node("Constant", name, &[], &[name], vec![value])
+    };
+    let n = pb::TensorProto {
+        data_type: Some(DataType::Int64 as i32),
+        int64_data: vec![5],
+        ..Default::default()
+    };
+    let graph = pb::GraphProto {
+        name: Some("range".into()),
+        node: vec![
+            constant("n", n),
+            onnx::node(
+                "Cast",
+                "limit",
+                &["n"],
+                &["limit"],
+                vec![onnx::attr_int("to", 1)],
+            ),
+            constant("start", onnx::tensor_from_f32("", &[], &[0.25])),
+            onnx::node(
+                "Range",
+                "range",
+                &["start", "limit", "step"],
+                &["r"],
+                vec![],
+            ),
+            onnx::node("Mul", "scale", &["r", "x"], &["y"], vec![]),
+        ],
+        initializer: vec![onnx::tensor_from_f32("step", &[], &[0.5])],
+        input: vec![onnx::value_info_shaped("x", DataType::Float, &[10])],
+        output: vec![onnx::value_info("y", DataType::Float)],
+        ..Default::default()
+    };
+    let file = tmp.path().join("range.onnx");
+    let model = Model::from_graph(graph, 13, &file);
+    model.save(&file).unwrap();
+    let (half, report) = fp16::convert(&model, &Default::default()).unwrap();
+    assert_eq!(report.kept_fp32_nodes.len(), 1, "{report:?}");
+    let half_file = tmp.path().join("half.onnx");
+    half.save(&half_file).unwrap();
+    let x = edgesight::tensor::Tensor::F32(ndarray::ArrayD::from_elem(vec![10], 2.0));
+    let run = |p: &Path| {
+        let mut e = Engine::load(p, &EngineConfig::default()).unwrap();
+        e.run(&x).unwrap()[0]
+            .data
+            .iter()
+            .copied()
+            .collect::<Vec<f32>>()
+    };
+    let want: Vec<f32> = (0..10).map(|i| 2.0 * (0.25 + 0.5 * i as f32)).collect();
+    assert_eq!(run(&file), want);
+    assert_eq!(run(&half_file), want, "exact in float16 too");
+}
+
 /// An FP32 "artifact" of the SSD model runs through `run --model-dir`, labels included.
 #[test]
 fn run_consumes_an_artifact_folder() {

@@ -2,8 +2,8 @@
 //! keep feeding and reading f32), and precision-sensitive ops kept in float32 between Casts.
 //!
 //! Only the places that state a type explicitly change: float initializers, `Constant` and
-//! `ConstantOfShape` values, `Cast(to=FLOAT)` and the graph I/O. Intermediate types follow by inference, so stale
-//! `value_info` entries are dropped rather than patched.
+//! `ConstantOfShape` values, `Cast(to=FLOAT)` and the graph I/O. Intermediate types follow by
+//! inference, so stale `value_info` entries are dropped rather than patched.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -25,8 +25,8 @@ const KEEP_FP32: &[(&str, &[usize], &[usize])] = &[
     ("ReduceSum", &[0], &[0]),
     ("ReduceL2", &[0], &[0]),
     ("RoiAlign", &[0, 1], &[0]),
-    // ONNX's Range has no float16 type: a float Range (YOLO's anchor grid, built from a Cast of
-    // the shape) reads and writes float32 between Casts.
+    // ONNX's Range has no float16 type: a float Range reads and writes float32 between Casts.
+    // An integer one (YOLO's anchor grid, cast to float after it) is left alone: keep_rule.
     ("Range", &[0, 1, 2], &[0]),
 ];
 
