@@ -461,11 +461,11 @@ fn optimize(a: &OptimizeArgs) -> Result<ExitCode> {
             m.file = file.clone();
             m
         }
-        None => {
-            // A file that is not ONNX is the error to report, not a manifest that cannot name it.
+        // A file that is not ONNX is the error to report, not a manifest that cannot name it.
+        None => manifest_for_file(&file).or_else(|e| {
             edgesight::onnx::Model::load(&file)?;
-            manifest_for_file(&file)?
-        }
+            Err(e)
+        })?,
     };
     let method: Method = a
         .method

@@ -10,21 +10,6 @@ use edgesight::onnx::{self, pb, Model};
 
 const MFN: &str = "models/cache/mobilefacenet.onnx";
 
-fn artifact(dir: &Path) -> toml::Value {
-    let text = std::fs::read_to_string(dir.join("artifact.toml")).expect("artifact.toml");
-    toml::from_str(&text).expect("artifact.toml parses")
-}
-
-fn int8_figures(a: &toml::Value) -> toml::Value {
-    a["figures"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["precision"].as_str() == Some("int8"))
-        .expect("int8 figures")
-        .clone()
-}
-
 fn optimize(args: &[&str], cache: &Path) -> std::process::Output {
     let mut a = vec!["optimize"];
     a.extend(args);

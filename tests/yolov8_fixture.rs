@@ -140,8 +140,7 @@ fn fixture_quantizes_through_optimize() {
         &[("EDGESIGHT_CACHE", tmp.path().to_str().unwrap())],
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    let a: toml::Value =
-        toml::from_str(&std::fs::read_to_string(out.join("artifact.toml")).unwrap()).unwrap();
+    let a = artifact(&out);
     assert_eq!(a["calibration"]["images"].as_integer(), Some(5));
     let convs = edgesight::onnx::Model::load(&file)
         .unwrap()
@@ -152,12 +151,7 @@ fn fixture_quantizes_through_optimize() {
         .count() as i64;
     let layers = a["quantized_layers"].as_integer().unwrap();
     assert!(layers >= convs, "{layers} quantized, {convs} convolutions");
-    let int8 = a["figures"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["precision"].as_str() == Some("int8"))
-        .unwrap();
+    let int8 = int8_figures(&a);
     let cos = int8["fidelity"]["mean_cosine"].as_float().unwrap();
     assert!(cos > 0.99, "INT8 output cosine {cos}");
     // The SiLUs run on integers: ONNX Runtime fused their Q/DQ into QLinearSigmoid.

@@ -29,6 +29,9 @@ pub struct ImageSet {
     pub dir: PathBuf,
     pub images: Vec<PathBuf>,
     pub sha256: String,
+    /// Each image's own sha256, read with the set's, to tell a shared image by its bytes
+    /// (`None` for a file that could not be read).
+    digests: Vec<Option<[u8; 32]>>,
 }
 
 impl ImageSet {
@@ -74,6 +77,7 @@ impl ImageSet {
             });
         }
         let mut h = Sha256::new();
+        let mut digests = Vec::with_capacity(images.len());
         for p in &images {
             h.update(
                 p.strip_prefix(dir)
@@ -81,27 +85,31 @@ impl ImageSet {
                     .to_string_lossy()
                     .as_bytes(),
             );
-            h.update(std::fs::read(p).unwrap_or_default());
+            let bytes = std::fs::read(p).ok();
+            h.update(bytes.as_deref().unwrap_or_default());
+            digests.push(bytes.map(|b| Sha256::digest(b).into()));
         }
         Ok(Self {
             dir: dir.to_path_buf(),
             images,
             sha256: hex(&h.finalize()),
+            digests,
         })
     }
 
     /// The first image of `self` whose bytes are also in `other`, with its twin there: a
     /// held-out set must share none with the calibration set, whatever the files are called.
     pub fn shared_with(&self, other: &ImageSet) -> Option<(PathBuf, PathBuf)> {
-        let digest = |p: &PathBuf| std::fs::read(p).ok().map(Sha256::digest);
-        let theirs: std::collections::HashMap<_, &PathBuf> = other
-            .images
+        let theirs: HashMap<&[u8; 32], &PathBuf> = other
+            .digests
             .iter()
-            .filter_map(|p| Some((digest(p)?, p)))
+            .zip(&other.images)
+            .filter_map(|(d, p)| Some((d.as_ref()?, p)))
             .collect();
-        self.images
+        self.digests
             .iter()
-            .find_map(|p| Some((p.clone(), theirs.get(&digest(p)?)?.to_path_buf())))
+            .zip(&self.images)
+            .find_map(|(d, p)| Some((p.clone(), theirs.get(d.as_ref()?)?.to_path_buf())))
     }
 }
 

@@ -62,38 +62,6 @@ fn keep_rule<'a>(
     opts.keep_ops.contains(op).then_some((&[0][..], &[0][..]))
 }
 
-/// Whether `name` is stated to be float where it is made: a float initializer or graph input,
-/// a float `Constant`, or a `Cast(to=FLOAT)`. Types that follow by inference are not tracked.
-fn stated_float(g: &pb::GraphProto) -> HashSet<String> {
-    let float = DataType::Float as i32;
-    let mut out: HashSet<String> = g
-        .initializer
-        .iter()
-        .filter(|t| t.data_type() == float)
-        .map(|t| t.name().to_string())
-        .collect();
-    out.extend(
-        g.input
-            .iter()
-            .filter(|v| onnx::value_info_elem(v) == Some(float))
-            .map(|v| v.name().to_string()),
-    );
-    for n in &g.node {
-        let is_float = match n.op_type() {
-            "Cast" => onnx::get_attr_int(n, "to") == Some(float as i64),
-            "Constant" => n
-                .attribute
-                .iter()
-                .any(|a| a.t.as_ref().is_some_and(|t| t.data_type() == float)),
-            _ => false,
-        };
-        if is_float {
-            out.extend(n.output.iter().cloned());
-        }
-    }
-    out
-}
-
 /// IEEE 754 binary16 from binary32, round to nearest even, saturating to ±inf like a cast.
 fn half_from_f32(x: f32) -> u16 {
     let b = x.to_bits();
@@ -154,8 +122,8 @@ pub fn convert(model: &Model, opts: &Fp16Options) -> Result<(Model, Fp16Report),
     let mut report = Fp16Report::default();
     let float = DataType::Float as i32;
 
-    let floats = stated_float(g);
-    let float_source = |name: &str| floats.contains(name);
+    let types = onnx::infer_elem_types(model);
+    let float_source = |name: &str| types.get(name) == Some(&float);
     // Which initializers can become f16: every use must be an f16 position.
     let mut must_stay: HashSet<String> = HashSet::new();
     for n in &g.node {

@@ -3,10 +3,9 @@
 //! INT8 is explicit quantization ([`qdq`]): Q/DQ pairs placed in the graph from ranges that
 //! [`calibrate`] measured with one of the [`calibrator`]s; for the CPU, rewrites that suit ONNX
 //! Runtime's kernels follow, each documenting what it keeps ([`align`], [`peaks`], [`stem`],
-//! [`gates`]).
-//! FP16 is [`fp16`]. Either way the
-//! artifact folder holds `model.onnx`, `artifact.toml` (what was done, from what, with which
-//! figures) and `report.md` with its plots; `edgesight run --model-dir DIR` consumes it.
+//! [`gates`]). FP16 is [`fp16`]. Either way the artifact folder holds `model.onnx`,
+//! `artifact.toml` (what was done, from what, with which figures) and `report.md` with its
+//! plots; `edgesight run --model-dir DIR` consumes it.
 //!
 //! The work happens in a scratch folder next to `--out`, renamed into place only once
 //! everything succeeded: a failure leaves no half-written artifact.

@@ -38,6 +38,23 @@ pub fn files_in(rel: &str) -> Vec<PathBuf> {
     all
 }
 
+/// The `artifact.toml` that `optimize` wrote into `dir`.
+pub fn artifact(dir: &Path) -> toml::Value {
+    let text = std::fs::read_to_string(dir.join("artifact.toml")).expect("artifact.toml");
+    toml::from_str(&text).expect("artifact.toml parses")
+}
+
+/// An artifact's figures for its int8 model.
+pub fn int8_figures(a: &toml::Value) -> toml::Value {
+    a["figures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["precision"].as_str() == Some("int8"))
+        .expect("int8 figures")
+        .clone()
+}
+
 pub fn edgesight(args: &[&str]) -> Output {
     edgesight_env(args, &[])
 }
