@@ -99,6 +99,10 @@ struct OptimizeArgs {
     /// (cross-layer equalization).
     #[arg(long)]
     equalize: bool,
+    /// Fit each int8 convolution's weights and bias to the inputs the int8 model gives it
+    /// (GPTQ-style reconstruction on the calibration images) instead of rounding to nearest.
+    #[arg(long)]
+    reconstruct: bool,
 }
 
 #[derive(Subcommand)]
@@ -520,6 +524,7 @@ fn optimize(a: &OptimizeArgs) -> Result<ExitCode> {
         },
         bench_runs: a.runs,
         equalize: a.equalize,
+        reconstruct: a.reconstruct,
     };
     let pb = ProgressBar::no_length();
     pb.set_style(

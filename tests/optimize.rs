@@ -1432,7 +1432,7 @@ fn quantized_on(
     let ranges = edgesight::optimize::ranges_of(&stats.tensors, Method::MinMax);
     let act = qdq::ActivationType::U8Asymmetric;
     let none = qdq::Exclusions::default();
-    let (q, _) = qdq::quantize(model, &ranges, &stats.channel_means, act, &none).unwrap();
+    let (q, _) = qdq::quantize(model, &ranges, &stats.channel_means, &Default::default(), act, &none).unwrap();
     (q, stats.shapes)
 }
 

@@ -21,6 +21,7 @@ pub mod gates;
 pub mod hardswish;
 pub mod peaks;
 pub mod qdq;
+pub mod reconstruct;
 pub mod report;
 pub mod stem;
 
@@ -106,6 +107,8 @@ pub struct OptimizeSpec {
     pub bench_runs: usize,
     /// Cross-layer equalization before calibration.
     pub equalize: bool,
+    /// Convolution weights fitted to the int8 model's own inputs ([`reconstruct`]).
+    pub reconstruct: bool,
 }
 
 /// Progress of the long steps: (step, done, total).
@@ -149,6 +152,8 @@ const PROFILED_RUNS: usize = 10;
 const SEARCH_IMAGES: usize = 40;
 /// The first of those, for the one-layer-at-a-time sensitivity runs (one per node).
 const SENSITIVITY_IMAGES: usize = 8;
+/// Calibration images the reconstruction fits weights on.
+const RECONSTRUCT_IMAGES: usize = 32;
 /// The most sensitive layers the search tries putting back in float.
 const MAX_SEARCH_TRIALS: usize = 60;
 /// The least share of the remaining gap to the target a unit must close to stay in float.
@@ -255,6 +260,8 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
     let mut plain: Option<Model> = None;
     // Calibration's tensor shapes, for the rewrites that need them fixed.
     let mut shapes = HashMap::new();
+    // What the reconstruction did to each convolution it fitted.
+    let mut fitted = Vec::new();
     let candidate: Model = match spec.precision {
         Precision::Fp32 => src.clone(),
         Precision::Fp16 => fp16::convert(&src, &fp16::Fp16Options::default())?.0,
@@ -304,21 +311,41 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                 Target::Tensorrt => qdq::ActivationType::I8Symmetric,
             };
             let mut exclude = spec.exclude.clone();
+            // The reconstruction and the search both run calibration images again; a run from
+            // the cache decodes them only for these.
+            let decoded = match decoded {
+                None if spec.reconstruct || spec.keep_accuracy.is_some() => Some(
+                    calibrate::tensors(&set, &pre, &|d, t| {
+                        progress("decoding calibration images", d, t)
+                    })?
+                    .0,
+                ),
+                d => d,
+            };
+            let mut presets = reconstruct::Presets::new();
+            if spec.reconstruct {
+                let inputs = decoded.as_deref().unwrap_or_default();
+                let inputs = &inputs[..inputs.len().min(RECONSTRUCT_IMAGES)];
+                let with = |p: &reconstruct::Presets| {
+                    Ok(qdq::quantize(&src, &ranges, &stats.channel_means, p, act, &exclude)?.0)
+                };
+                let laid = qdq::layout_for(&src, act).map(|(m, _)| m);
+                (presets, fitted) = reconstruct::fit(
+                    laid.as_ref().unwrap_or(&src),
+                    &with,
+                    inputs,
+                    &cpu,
+                    scratch.path(),
+                    &|d, t| progress("fitting weights to int8 inputs", d, t),
+                )?;
+            }
             let (mut q, mut rep) =
-                qdq::quantize(&src, &ranges, &stats.channel_means, act, &exclude)?;
+                qdq::quantize(&src, &ranges, &stats.channel_means, &presets, act, &exclude)?;
             if let Some(target_fid) = spec.keep_accuracy {
                 let every_layer = q.clone();
                 // The search judges on calibration images, never on the held-out frames the
                 // report measures: a choice made on those frames would flatter its own figure.
-                let search = match decoded {
-                    Some(inputs) => inputs,
-                    None => {
-                        calibrate::tensors(&set, &pre, &|d, t| {
-                            progress("decoding search images", d, t)
-                        })?
-                        .0
-                    }
-                };
+                let search = decoded.expect("decoded above for the search");
                 let search: Vec<Tensor> = search.into_iter().take(SEARCH_IMAGES).collect();
                 let probe: Vec<Tensor> = search.iter().take(SENSITIVITY_IMAGES).cloned().collect();
                 let fp32_probe = fidelity::outputs_of(&mut fp32, &probe)?;
@@ -375,7 +402,7 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                     let mut only = exclude.clone();
                     only.names
                         .extend(all_nodes.iter().filter(|n| *n != layer).cloned());
-                    let (m, _) = qdq::quantize(&src, &ranges, &stats.channel_means, act, &only)?;
+                    let (m, _) = qdq::quantize(&src, &ranges, &stats.channel_means, &presets, act, &only)?;
                     sensitivity.push(LayerSensitivity {
                         layer: layer.clone(),
                         fidelity: score(&m, "probe", &probe, &fp32_probe)?,
@@ -413,7 +440,7 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                         continue;
                     }
                     let (tq, trep) =
-                        qdq::quantize(&src, &ranges, &stats.channel_means, act, &trial)?;
+                        qdq::quantize(&src, &ranges, &stats.channel_means, &presets, act, &trial)?;
                     let then = split(&tq)?;
                     progress("mixed precision", i as u64 + 1, MAX_SEARCH_TRIALS as u64);
                     if worth_keeping(now, then, target_fid) {
@@ -437,7 +464,7 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                         continue;
                     }
                     let (tq, trep) =
-                        qdq::quantize(&src, &ranges, &stats.channel_means, act, &trial)?;
+                        qdq::quantize(&src, &ranges, &stats.channel_means, &presets, act, &trial)?;
                     let tfid = score(&tq, "mixed", &search, &fp32_search)?;
                     if tfid >= target_fid.min(fid) {
                         tracing::info!(unit = %sensitivity[u].layer, fidelity = tfid, "back to int8");
@@ -491,6 +518,9 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
         .as_ref()
         .map(|r| r.rewrites.clone())
         .unwrap_or_default();
+    if let Some(r) = &qreport {
+        rewrites.extend(reconstruct::summary(&fitted, &r.quantized_layers));
+    }
     let float_ops = spec.target == Target::Cpu;
     let candidate = match float_ops.then(|| hardswish::fuse(&candidate)).flatten() {
         Some((m, fused)) => {

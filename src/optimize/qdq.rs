@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::calibrator::{per_channel_scales, Range};
+use super::reconstruct::{Preset, Presets};
 use super::{align, peaks};
 use crate::onnx::{self, pb, producers, DataType, Model};
 
@@ -598,17 +599,27 @@ fn clip_qparams(r: &Range, (lo, hi): (f32, f32), act: ActivationType) -> QParams
 /// [`calibration_tensors`]; a tensor without one stays float. `channel_means` holds the
 /// per-channel means of the tensors named by [`bias_correction_inputs`]; a layer whose input has
 /// none keeps its bias as it was.
+/// The float graph as [`quantize`] lays it out before placing Q/DQ for `act`: on the CPU,
+/// depthwise layers widened ([`align`]); `None` when it is the model as given. Its node names,
+/// weights and channel counts are the quantized graph's.
+pub fn layout_for(model: &Model, act: ActivationType) -> Option<(Model, Vec<align::Widened>)> {
+    (act == ActivationType::U8Asymmetric)
+        .then(|| align::widen_depthwise(model))
+        .flatten()
+}
+
 pub fn quantize(
     model: &Model,
     ranges: &HashMap<String, Range>,
     channel_means: &HashMap<String, Vec<f32>>,
+    presets: &Presets,
     act: ActivationType,
     exclude: &Exclusions,
 ) -> Result<(Model, QdqReport), onnx::OnnxError> {
     let cpu = act == ActivationType::U8Asymmetric;
     // Two CPU-only rewrites that keep the float function. Depthwise layers widened to a channel
     // count the runtime's fast int8 kernel takes; their extra channels have a mean of zero.
-    let aligned = cpu.then(|| align::widen_depthwise(model)).flatten();
+    let aligned = layout_for(model, act);
     let widened_means;
     let (model, channel_means) = match &aligned {
         Some((m, widened)) => {
@@ -1018,6 +1029,7 @@ pub fn quantize(
                 &init_idx,
                 tq.get(&n.input[0]).map(|q| q.scale),
                 channel_means.get(&n.input[0]).map(Vec::as_slice),
+                presets.get(&node_label(n)),
                 per_channel_ok,
                 &mut new_inits,
                 &mut new_nodes,
@@ -1133,6 +1145,7 @@ fn quantize_weights(
     init_idx: &HashMap<&str, usize>,
     input_scale: Option<f32>,
     input_mean: Option<&[f32]>,
+    preset: Option<&Preset>,
     per_channel_ok: bool,
     new_inits: &mut Vec<pb::TensorProto>,
     new_nodes: &mut Vec<pb::NodeProto>,
@@ -1223,12 +1236,41 @@ fn quantize_weights(
             idx % dims[1] as usize
         }
     };
-    let q: Vec<i8> = values
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| (v / scales[channel_of(i)]).round().clamp(-127.0, 127.0) as i8)
-        .collect();
+    // A reconstruction's weights replace the rounding, and its bias the correction, where
+    // they fit this layer as it is here: per channel, the same shapes, and an int32 bias that
+    // fits at the preset's own scales (the floor that widened `scales` above).
+    let preset = preset.filter(|p| {
+        let fits = |s_in: f32| {
+            p.bias
+                .iter()
+                .zip(&p.scales)
+                .all(|(b, s)| *s > 0.0 && b.abs() / (s_in * s) <= (1u32 << 30) as f32)
+        };
+        per_channel
+            && axis == 0
+            && bias.is_some()
+            && p.q.len() == values.len()
+            && p.scales.len() == scales.len()
+            && p.bias.len() == out_channels
+            && input_scale.is_none_or(fits)
+    });
+    let q: Vec<i8> = match preset {
+        Some(p) => {
+            scales.clone_from(&p.scales);
+            if let Some((_, bv)) = bias.as_mut() {
+                bv.clone_from(&p.bias);
+            }
+            p.q.clone()
+        }
+        None => values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (v / scales[channel_of(i)]).round().clamp(-127.0, 127.0) as i8)
+            .collect(),
+    };
     let corrected = match (input_mean, bias.as_mut()) {
+        // The fitted bias already takes the rounding back, on the quantized inputs.
+        _ if preset.is_some() => true,
         (Some(mean), Some((_, bv))) if bv.len() == out_channels => {
             let error: Vec<f32> = values
                 .iter()
@@ -1475,8 +1517,8 @@ mod tests {
         };
         let act = ActivationType::U8Asymmetric;
         let ex = Exclusions::default();
-        let (plain, _) = quantize(&model, &ranges, &HashMap::new(), act, &ex).unwrap();
-        let (fixed, _) = quantize(&model, &ranges, &means, act, &ex).unwrap();
+        let (plain, _) = quantize(&model, &ranges, &HashMap::new(), &Presets::new(), act, &ex).unwrap();
+        let (fixed, _) = quantize(&model, &ranges, &means, &Presets::new(), act, &ex).unwrap();
         // Rounding errors: 0.0035 -> 0 (step 1/127 = 0.00787) and 0.0043 -> 0.00787.
         let err1 = 1.0 / 127.0 - 0.0043;
         let want = [0.5 - (-0.0035) * 100.0, -0.5 - err1 * 200.0];
@@ -1809,7 +1851,7 @@ mod tests {
             .collect();
         assert!(means.contains_key("br"), "{:?}", means.keys());
         let act = ActivationType::U8Asymmetric;
-        let (c, _) = quantize(&model, &ranges, &means, act, &Exclusions::default()).unwrap();
+        let (c, _) = quantize(&model, &ranges, &means, &Presets::new(), act, &Exclusions::default()).unwrap();
         let bias = |m: &Model| {
             let g = m.graph();
             let q = g.node.iter().find(|n| n.name() == "q").unwrap();
@@ -1988,7 +2030,7 @@ mod tests {
         act: ActivationType,
     ) -> (Model, QdqReport) {
         let ranges = ranges_in(model, range);
-        quantize(model, &ranges, &HashMap::new(), act, &Exclusions::default()).unwrap()
+        quantize(model, &ranges, &HashMap::new(), &Presets::new(), act, &Exclusions::default()).unwrap()
     }
 
     /// [`quantize_in`] for the CPU, with the node `name` kept in float.
@@ -1999,7 +2041,7 @@ mod tests {
         };
         let ranges = ranges_in(model, range);
         let act = ActivationType::U8Asymmetric;
-        quantize(model, &ranges, &HashMap::new(), act, &exclude)
+        quantize(model, &ranges, &HashMap::new(), &Presets::new(), act, &exclude)
             .unwrap()
             .0
     }
