@@ -1092,6 +1092,50 @@ fn widened_depthwise_layers_preserve_the_float_model() {
     }
 }
 
+/// `--reconstruct` fits every int8 convolution's weights and bias to the inputs the int8
+/// model gives it, layer by layer. On CenterNet that brings plain INT8 closer to FP32 on the
+/// held-out street frames than rounding to nearest does: measured 0.720 against 0.550
+/// (`int8_centernet_reports_agreement_by_class` holds the plain figure above 0.5).
+#[test]
+fn reconstruct_brings_centernet_int8_closer_to_fp32() {
+    asset("models/cache/centernet-mobilenetv3.onnx");
+    let tmp = tempfile::tempdir().unwrap();
+    let art = tmp.path().join("cn-rec");
+    optimize_ok(
+        &[
+            "models/cache/centernet-mobilenetv3.onnx",
+            "--reconstruct",
+            "--runs",
+            "3",
+        ],
+        &art,
+        tmp.path(),
+    );
+    let a = artifact(&art);
+    let fid = &int8_figures(&a)["fidelity"];
+    let map = fid["map50"].as_float().unwrap();
+    assert!(map > 0.65, "reconstructed INT8 agreement mAP50 {map}");
+    let rewrites: Vec<&str> = a["rewrites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.as_str())
+        .collect();
+    let line = rewrites
+        .iter()
+        .find(|r| r.starts_with("reconstruction: "))
+        .unwrap_or_else(|| panic!("{rewrites:?}"));
+    // Most convolutions gain (measured 76 of 89); a fit that does worse than rounding on the
+    // calibration images it did not see is left out.
+    let fitted: usize = line["reconstruction: ".len()..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!((40..=89).contains(&fitted), "{line}");
+    assert!(line.contains("of 89 int8 convolutions"), "{line}");
+}
+
 /// A detector's INT8 report breaks agreement down by class: on the street held-out frames the
 /// people CenterNet finds survive INT8 even where the mean over rare classes falls.
 #[test]
@@ -1432,7 +1476,15 @@ fn quantized_on(
     let ranges = edgesight::optimize::ranges_of(&stats.tensors, Method::MinMax);
     let act = qdq::ActivationType::U8Asymmetric;
     let none = qdq::Exclusions::default();
-    let (q, _) = qdq::quantize(model, &ranges, &stats.channel_means, &Default::default(), act, &none).unwrap();
+    let (q, _) = qdq::quantize(
+        model,
+        &ranges,
+        &stats.channel_means,
+        &Default::default(),
+        act,
+        &none,
+    )
+    .unwrap();
     (q, stats.shapes)
 }
 

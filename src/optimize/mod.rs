@@ -402,7 +402,8 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                     let mut only = exclude.clone();
                     only.names
                         .extend(all_nodes.iter().filter(|n| *n != layer).cloned());
-                    let (m, _) = qdq::quantize(&src, &ranges, &stats.channel_means, &presets, act, &only)?;
+                    let (m, _) =
+                        qdq::quantize(&src, &ranges, &stats.channel_means, &presets, act, &only)?;
                     sensitivity.push(LayerSensitivity {
                         layer: layer.clone(),
                         fidelity: score(&m, "probe", &probe, &fp32_probe)?,

@@ -1517,7 +1517,8 @@ mod tests {
         };
         let act = ActivationType::U8Asymmetric;
         let ex = Exclusions::default();
-        let (plain, _) = quantize(&model, &ranges, &HashMap::new(), &Presets::new(), act, &ex).unwrap();
+        let (plain, _) =
+            quantize(&model, &ranges, &HashMap::new(), &Presets::new(), act, &ex).unwrap();
         let (fixed, _) = quantize(&model, &ranges, &means, &Presets::new(), act, &ex).unwrap();
         // Rounding errors: 0.0035 -> 0 (step 1/127 = 0.00787) and 0.0043 -> 0.00787.
         let err1 = 1.0 / 127.0 - 0.0043;
@@ -1851,7 +1852,15 @@ mod tests {
             .collect();
         assert!(means.contains_key("br"), "{:?}", means.keys());
         let act = ActivationType::U8Asymmetric;
-        let (c, _) = quantize(&model, &ranges, &means, &Presets::new(), act, &Exclusions::default()).unwrap();
+        let (c, _) = quantize(
+            &model,
+            &ranges,
+            &means,
+            &Presets::new(),
+            act,
+            &Exclusions::default(),
+        )
+        .unwrap();
         let bias = |m: &Model| {
             let g = m.graph();
             let q = g.node.iter().find(|n| n.name() == "q").unwrap();
@@ -2030,7 +2039,15 @@ mod tests {
         act: ActivationType,
     ) -> (Model, QdqReport) {
         let ranges = ranges_in(model, range);
-        quantize(model, &ranges, &HashMap::new(), &Presets::new(), act, &Exclusions::default()).unwrap()
+        quantize(
+            model,
+            &ranges,
+            &HashMap::new(),
+            &Presets::new(),
+            act,
+            &Exclusions::default(),
+        )
+        .unwrap()
     }
 
     /// [`quantize_in`] for the CPU, with the node `name` kept in float.
@@ -2041,9 +2058,91 @@ mod tests {
         };
         let ranges = ranges_in(model, range);
         let act = ActivationType::U8Asymmetric;
-        quantize(model, &ranges, &HashMap::new(), &Presets::new(), act, &exclude)
-            .unwrap()
-            .0
+        quantize(
+            model,
+            &ranges,
+            &HashMap::new(),
+            &Presets::new(),
+            act,
+            &exclude,
+        )
+        .unwrap()
+        .0
+    }
+
+    /// A reconstruction's preset replaces round-to-nearest and bias correction: the layer's
+    /// int8 weights, scales and bias are the preset's, to the bit.
+    #[test]
+    fn a_preset_replaces_the_rounding() {
+        let model = model_of(
+            vec![onnx::node("Conv", "c", &["x", "w", "b"], &["out"], vec![])],
+            vec![
+                weights("w", &[2, 3, 1, 1]),
+                onnx::tensor_from_f32("b", &[2], &[0.5, -0.5]),
+            ],
+        );
+        let ranges = ranges_in(&model, |_| Range { lo: -1.0, hi: 1.0 });
+        let act = ActivationType::U8Asymmetric;
+        let preset = Preset {
+            q: vec![1, -2, 3, 127, 0, -127],
+            scales: vec![0.01, 0.02],
+            bias: vec![0.25, 0.75],
+        };
+        let presets: Presets = [("c".to_string(), preset.clone())].into();
+        let means: HashMap<String, Vec<f32>> = [("x".to_string(), vec![1.0; 3])].into();
+        let (q, rep) = quantize(
+            &model,
+            &ranges,
+            &means,
+            &presets,
+            act,
+            &Exclusions::default(),
+        )
+        .unwrap();
+        assert_eq!(rep.quantized_layers, vec!["c".to_string()]);
+        let init = |suffix: &str| {
+            q.graph()
+                .initializer
+                .iter()
+                .find(|t| t.name().ends_with(suffix))
+                .unwrap_or_else(|| panic!("{suffix}"))
+                .clone()
+        };
+        let w8: Vec<i8> = init("__q8").raw_data().iter().map(|&b| b as i8).collect();
+        assert_eq!(w8, preset.q);
+        assert_eq!(onnx::tensor_f32(&init("__wscale")).unwrap(), preset.scales);
+        // The int32 bias at s_input * s_weight: the preset's, not a corrected float one.
+        let s_in = onnx::tensor_f32(&init("x__scale")).map(|v| v[0]);
+        let b32 = init("__q32");
+        let b32: Vec<i32> = b32
+            .raw_data()
+            .chunks(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let s_in = s_in.expect("the input's scale");
+        for (k, b) in b32.iter().enumerate() {
+            let want = preset.bias[k] / (s_in * preset.scales[k]);
+            assert!((*b as f32 - want).abs() <= 0.5, "{b} vs {want}");
+        }
+        // Without it, the same layer rounds to nearest.
+        let (r, _) = quantize(
+            &model,
+            &ranges,
+            &means,
+            &Presets::new(),
+            act,
+            &Exclusions::default(),
+        )
+        .unwrap();
+        assert_ne!(
+            r.graph()
+                .initializer
+                .iter()
+                .find(|t| t.name().ends_with("__q8"))
+                .unwrap()
+                .raw_data(),
+            init("__q8").raw_data()
+        );
     }
 
     /// Each calibrated tensor of `model` in the range `range` gives it.
