@@ -22,18 +22,16 @@
 //!
 //! ```
 //! use edgesight::optimize::reconstruct::{gptq, Gram};
-//! // Eight inputs that move together: the rounding error of one weight is taken up by those
-//! // not yet rounded, where round-to-nearest leaves every error in the output.
-//! let mut rng = fastrand::Rng::with_seed(7);
-//! let mut g = Gram::new(9);
-//! for _ in 0..4000 {
-//!     let base = rng.f64() * 2.0 - 1.0;
-//!     let x: Vec<f64> = (0..8).map(|_| base + 0.3 * (rng.f64() - 0.5)).chain([1.0]).collect();
-//!     g.add(&x, &x);
+//! // The int8 model feeds this layer its first input 0.05 too high: the fit takes the
+//! // weight's share of that, 1.0 * 0.05, back out of the bias.
+//! let mut rng = fastrand::Rng::with_seed(3);
+//! let mut g = Gram::new(3);
+//! for _ in 0..2000 {
+//!     let (a, b) = (rng.f64(), rng.f64());
+//!     g.add(&[a, b, 1.0], &[a + 0.05, b, 1.0]);
 //! }
-//! let w: Vec<f64> = (0..8).map(|_| rng.f64() - 0.5).chain([0.1]).collect(); // weights, bias
-//! let fit = gptq(&g, &w, 1, 0.01).unwrap();
-//! assert!(fit.error < fit.rtn_error, "{} {}", fit.error, fit.rtn_error);
+//! let fit = gptq(&g, &[1.0, 0.5, 0.0], 1, 1e-6).unwrap(); // two weights, then the bias
+//! assert!((fit.w[2] + 0.05).abs() < 0.01, "bias {}", fit.w[2]);
 //! ```
 
 use std::collections::HashMap;
