@@ -595,10 +595,6 @@ fn clip_qparams(r: &Range, (lo, hi): (f32, f32), act: ActivationType) -> QParams
     q
 }
 
-/// Quantizes `model`. `ranges` holds the calibrated range of each tensor named by
-/// [`calibration_tensors`]; a tensor without one stays float. `channel_means` holds the
-/// per-channel means of the tensors named by [`bias_correction_inputs`]; a layer whose input has
-/// none keeps its bias as it was.
 /// The float graph as [`quantize`] lays it out before placing Q/DQ for `act`: on the CPU,
 /// depthwise layers widened ([`align`]); `None` when it is the model as given. Its node names,
 /// weights and channel counts are the quantized graph's.
@@ -608,6 +604,11 @@ pub fn layout_for(model: &Model, act: ActivationType) -> Option<(Model, Vec<alig
         .flatten()
 }
 
+/// Quantizes `model`. `ranges` holds the calibrated range of each tensor named by
+/// [`calibration_tensors`]; a tensor without one stays float. `channel_means` holds the
+/// per-channel means of the tensors named by [`bias_correction_inputs`]; a layer whose input has
+/// none keeps its bias as it was. A layer `presets` names (by node label) takes its int8
+/// weights, scales and bias from there instead ([`super::reconstruct`]).
 pub fn quantize(
     model: &Model,
     ranges: &HashMap<String, Range>,
@@ -2038,16 +2039,7 @@ mod tests {
         range: impl Fn(&str) -> Range,
         act: ActivationType,
     ) -> (Model, QdqReport) {
-        let ranges = ranges_in(model, range);
-        quantize(
-            model,
-            &ranges,
-            &HashMap::new(),
-            &Presets::new(),
-            act,
-            &Exclusions::default(),
-        )
-        .unwrap()
+        quantize_keeping(model, range, act, &Exclusions::default())
     }
 
     /// [`quantize_in`] for the CPU, with the node `name` kept in float.
@@ -2056,18 +2048,26 @@ mod tests {
             names: [name.to_string()].into(),
             ..Default::default()
         };
+        quantize_keeping(model, range, ActivationType::U8Asymmetric, &exclude).0
+    }
+
+    /// [`quantize_in`] with `exclude` kept in float.
+    fn quantize_keeping(
+        model: &Model,
+        range: impl Fn(&str) -> Range,
+        act: ActivationType,
+        exclude: &Exclusions,
+    ) -> (Model, QdqReport) {
         let ranges = ranges_in(model, range);
-        let act = ActivationType::U8Asymmetric;
         quantize(
             model,
             &ranges,
             &HashMap::new(),
             &Presets::new(),
             act,
-            &exclude,
+            exclude,
         )
         .unwrap()
-        .0
     }
 
     /// A reconstruction's preset replaces round-to-nearest and bias correction: the layer's
@@ -2090,15 +2090,10 @@ mod tests {
         };
         let presets: Presets = [("c".to_string(), preset.clone())].into();
         let means: HashMap<String, Vec<f32>> = [("x".to_string(), vec![1.0; 3])].into();
-        let (q, rep) = quantize(
-            &model,
-            &ranges,
-            &means,
-            &presets,
-            act,
-            &Exclusions::default(),
-        )
-        .unwrap();
+        let with = |p: &Presets| {
+            quantize(&model, &ranges, &means, p, act, &Exclusions::default()).unwrap()
+        };
+        let (q, rep) = with(&presets);
         assert_eq!(rep.quantized_layers, vec!["c".to_string()]);
         let init = |suffix: &str| {
             q.graph()
@@ -2125,15 +2120,7 @@ mod tests {
             assert!((*b as f32 - want).abs() <= 0.5, "{b} vs {want}");
         }
         // Without it, the same layer rounds to nearest.
-        let (r, _) = quantize(
-            &model,
-            &ranges,
-            &means,
-            &Presets::new(),
-            act,
-            &Exclusions::default(),
-        )
-        .unwrap();
+        let (r, _) = with(&Presets::new());
         assert_ne!(
             r.graph()
                 .initializer

@@ -16,9 +16,9 @@
 //! is left: a bias correction that sees the quantized inputs. Everything is closed form over
 //! the Gram matrices; nothing needs gradients.
 //!
-//! A fit is kept only where it beats round-to-nearest on the calibration patches, so no
-//! layer's calibration error grows. It runs once over the model quantized round-to-nearest:
-//! each layer is fitted to its inputs there, not to those its reconstructed predecessors give.
+//! Layers are fitted one at a time, in graph order, each on the inputs its already-fitted
+//! predecessors give it ([`fit`]). Half the calibration images fit, the other half check: a
+//! fit is kept only where it beats round-to-nearest (with its best bias) on the check half.
 //!
 //! ```
 //! use edgesight::optimize::reconstruct::{gptq, Gram};
@@ -414,17 +414,6 @@ pub struct LayerFit {
     pub error: f64,
     /// The fit was kept: it beat round-to-nearest with its best bias.
     pub kept: bool,
-}
-
-impl std::fmt::Display for LayerFit {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(
-            f,
-            "{}: weights fitted to the int8 inputs, output error {:.2e} → {:.2e} of the float \
-             output",
-            self.layer, self.rtn_error, self.error
-        )
-    }
 }
 
 /// One line for the artifact's rewrites: how many of the convolutions that run in int8 got
