@@ -460,6 +460,9 @@ pub fn attr_ints(name: &str, v: &[i64]) -> pb::AttributeProto {
     }
 }
 
+/// Ops that move or reshape values without changing them.
+pub const SHAPE_ONLY: &[&str] = &["Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"];
+
 /// The node that writes each tensor.
 pub fn producers(g: &pb::GraphProto) -> HashMap<&str, usize> {
     g.node
@@ -492,6 +495,16 @@ impl<'g> Readers<'g> {
     /// Every node reading `t`, once per input slot.
     pub fn of_tensor(&self, t: &str) -> &[usize] {
         self.nodes.get(t).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether `t` leaves the graph as it is, or through shape-only ops ([`SHAPE_ONLY`]).
+    pub fn reaches_output(&self, g: &pb::GraphProto, t: &str) -> bool {
+        self.outputs.contains(t)
+            || self.of_tensor(t).iter().any(|&i| {
+                let n = &g.node[i];
+                SHAPE_ONLY.contains(&n.op_type())
+                    && n.output.iter().any(|o| self.reaches_output(g, o))
+            })
     }
 
     /// The one node that reads `t`, when nothing else does (a graph output is read outside).
@@ -656,6 +669,30 @@ pub fn infer_elem_types(model: &Model) -> HashMap<String, i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tensor reaches the output through shape-only ops, not through computing ones.
+    #[test]
+    fn reaches_output_through_shape_only_ops() {
+        let g = pb::GraphProto {
+            node: vec![
+                node("Conv", "head", &["x", "w"], &["h"], vec![]),
+                node("Transpose", "t", &["h"], &["ht"], vec![]),
+                node("Reshape", "r", &["ht", "shape"], &["scores"], vec![]),
+                node("Conv", "inner", &["x", "w"], &["i"], vec![]),
+                node("Sigmoid", "s", &["i"], &["p"], vec![]),
+            ],
+            output: vec![
+                value_info("scores", DataType::Float),
+                value_info("p", DataType::Float),
+            ],
+            ..Default::default()
+        };
+        let r = Readers::of(&g);
+        assert!(r.reaches_output(&g, "h"));
+        assert!(r.reaches_output(&g, "p"));
+        assert!(!r.reaches_output(&g, "i"));
+        assert!(!r.reaches_output(&g, "x"));
+    }
 
     /// Weights stored beside the model (ONNX external data) are read in, and a save keeps the
     /// opsets and the metadata.

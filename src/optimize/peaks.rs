@@ -203,9 +203,6 @@ struct MaskedScores {
     to_topk: Option<(Vec<usize>, usize)>,
 }
 
-/// Ops that move or reshape values without changing them.
-const SHAPE_ONLY: &[&str] = &["Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"];
-
 /// The shape-only nodes from `t` to the TopK that ranks it, and that TopK, when nothing else
 /// reads `t` or anything on the way.
 fn path_to_topk<'g>(
@@ -222,7 +219,7 @@ fn path_to_topk<'g>(
         }
         match n.op_type() {
             "TopK" => return Some((chain, r)),
-            op if SHAPE_ONLY.contains(&op) => {
+            op if onnx::SHAPE_ONLY.contains(&op) => {
                 chain.push(r);
                 t = &n.output[0];
             }

@@ -44,6 +44,16 @@ pub fn artifact(dir: &Path) -> toml::Value {
     toml::from_str(&text).expect("artifact.toml parses")
 }
 
+/// The graph rewrites an artifact names, one line each.
+pub fn rewrites(a: &toml::Value) -> Vec<String> {
+    a["rewrites"]
+        .as_array()
+        .expect("rewrites")
+        .iter()
+        .filter_map(|r| r.as_str().map(str::to_string))
+        .collect()
+}
+
 /// An artifact's figures for its int8 model.
 pub fn int8_figures(a: &toml::Value) -> toml::Value {
     a["figures"]
