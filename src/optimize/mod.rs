@@ -322,10 +322,12 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                 ),
                 d => d,
             };
+            let quantize = |presets: &reconstruct::Presets, exclude: &qdq::Exclusions| {
+                qdq::quantize(&src, &ranges, &stats.channel_means, presets, act, exclude)
+            };
             // The search judges rounded weights; the fit comes after it (below).
-            let presets = reconstruct::Presets::new();
-            let (mut q, mut rep) =
-                qdq::quantize(&src, &ranges, &stats.channel_means, &presets, act, &exclude)?;
+            let rounded = reconstruct::Presets::new();
+            let (mut q, mut rep) = quantize(&rounded, &exclude)?;
             if let Some(target_fid) = spec.keep_accuracy {
                 let every_layer = q.clone();
                 // The search judges on calibration images, never on the held-out frames the
@@ -387,8 +389,7 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                     let mut only = exclude.clone();
                     only.names
                         .extend(all_nodes.iter().filter(|n| *n != layer).cloned());
-                    let (m, _) =
-                        qdq::quantize(&src, &ranges, &stats.channel_means, &presets, act, &only)?;
+                    let (m, _) = quantize(&rounded, &only)?;
                     sensitivity.push(LayerSensitivity {
                         layer: layer.clone(),
                         fidelity: score(&m, "probe", &probe, &fp32_probe)?,
@@ -425,8 +426,7 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                     if trial.names.len() == exclude.names.len() {
                         continue;
                     }
-                    let (tq, trep) =
-                        qdq::quantize(&src, &ranges, &stats.channel_means, &presets, act, &trial)?;
+                    let (tq, trep) = quantize(&rounded, &trial)?;
                     let then = split(&tq)?;
                     progress("mixed precision", i as u64 + 1, MAX_SEARCH_TRIALS as u64);
                     if worth_keeping(now, then, target_fid) {
@@ -449,8 +449,7 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                     if keeps[u].iter().all(|n| trial.names.contains(n)) {
                         continue;
                     }
-                    let (tq, trep) =
-                        qdq::quantize(&src, &ranges, &stats.channel_means, &presets, act, &trial)?;
+                    let (tq, trep) = quantize(&rounded, &trial)?;
                     let tfid = score(&tq, "mixed", &search, &fp32_search)?;
                     if tfid >= target_fid.min(fid) {
                         tracing::info!(unit = %sensitivity[u].layer, fidelity = tfid, "back to int8");
@@ -481,9 +480,7 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                 let inputs = &inputs[..inputs.len().min(RECONSTRUCT_IMAGES)];
                 let laid = qdq::layout_for(&src, act).map(|(m, _)| m);
                 let fit = |exclude: &qdq::Exclusions| {
-                    let with = |p: &reconstruct::Presets| {
-                        Ok(qdq::quantize(&src, &ranges, &stats.channel_means, p, act, exclude)?.0)
-                    };
+                    let with = |p: &reconstruct::Presets| Ok(quantize(p, exclude)?.0);
                     reconstruct::fit(
                         laid.as_ref().unwrap_or(&src),
                         &with,
@@ -496,20 +493,10 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                 };
                 let presets;
                 (presets, fitted) = fit(&exclude)?;
-                (q, rep) =
-                    qdq::quantize(&src, &ranges, &stats.channel_means, &presets, act, &exclude)?;
+                (q, rep) = quantize(&presets, &exclude)?;
                 // The fully quantized model the report sets beside it gets fits of its own.
                 if let Some(every) = plain.as_mut() {
-                    let (presets, _) = fit(&spec.exclude)?;
-                    *every = qdq::quantize(
-                        &src,
-                        &ranges,
-                        &stats.channel_means,
-                        &presets,
-                        act,
-                        &spec.exclude,
-                    )?
-                    .0;
+                    *every = quantize(&fit(&spec.exclude)?.0, &spec.exclude)?.0;
                 }
             }
             let probe: Vec<Tensor> = held.iter().take(4).cloned().collect();

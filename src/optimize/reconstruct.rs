@@ -419,6 +419,19 @@ pub struct LayerFit {
     pub rounded: Option<Rounded>,
 }
 
+impl LayerFit {
+    /// A layer left rounded to nearest, for `why`, with no fit tried.
+    fn rounded(layer: String, why: Rounded) -> Self {
+        Self {
+            layer,
+            rtn_error: f64::NAN,
+            error: f64::NAN,
+            kept: false,
+            rounded: Some(why),
+        }
+    }
+}
+
 /// Why a layer gets no fit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rounded {
@@ -523,13 +536,7 @@ pub fn fit(
             continue;
         };
         if round_outputs && n.output.iter().any(|o| readers.reaches_output(fg, o)) {
-            fits.push(LayerFit {
-                layer: layer.label,
-                rtn_error: f64::NAN,
-                error: f64::NAN,
-                kept: false,
-                rounded: Some(Rounded::WritesOutput),
-            });
+            fits.push(LayerFit::rounded(layer.label, Rounded::WritesOutput));
             continue;
         }
         let load = |m: &Model, t: &str, tag: &str| -> Result<Engine, OptimizeError> {
@@ -569,13 +576,7 @@ pub fn fit(
             .is_some_and(|g| enough_patches(&layer, g.samples()));
         if !enough {
             if layer.geometry.is_some() {
-                fits.push(LayerFit {
-                    layer: layer.label,
-                    rtn_error: f64::NAN,
-                    error: f64::NAN,
-                    kept: false,
-                    rounded: Some(Rounded::FewPatches),
-                });
+                fits.push(LayerFit::rounded(layer.label, Rounded::FewPatches));
             }
             continue;
         }
