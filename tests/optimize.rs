@@ -363,6 +363,9 @@ fn excluded_layers_stay_float() {
         .find(|t| t.name() == conv.input[1])
         .expect("the excluded Conv reads its weight straight from an initializer");
     assert_eq!(w.data_type(), onnx::DataType::Float as i32);
+    // Nor does ONNX Runtime quantize it on its own at load.
+    let requantized = edgesight::optimize::qdq::runtime_requantized(&m);
+    assert!(requantized.is_empty(), "{requantized:?}");
     for n in m.graph().node.iter().filter(|n| n.op_type() == "Add") {
         assert!(
             n.input.iter().all(|i| !i.ends_with("__dq")),

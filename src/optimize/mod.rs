@@ -573,6 +573,13 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
     let plain = plain.map(|m| for_the_cpu(m).0);
     let rewritten_fp32 = spec.precision == Precision::Fp32 && !rewrites.is_empty();
     let model_path = scratch.path().join("model.onnx");
+    let requantized = qdq::runtime_requantized(&candidate);
+    if !requantized.is_empty() {
+        tracing::warn!(
+            layers = ?requantized,
+            "ONNX Runtime will give these float layers per-tensor int8 weights of its own"
+        );
+    }
     candidate.save(&model_path)?;
     // Measured but not part of the artifact: it lives in a folder of its own.
     let plain_dir = temp_dir()?;
