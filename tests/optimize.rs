@@ -1287,6 +1287,36 @@ fn int8_centernet_reports_agreement_by_class() {
     assert!(person >= 0.9, "person AP50 {person}");
     let report = std::fs::read_to_string(art.join("report.md")).unwrap();
     assert!(report.contains("| person | "), "{report}");
+    // No int8 score passes the top of the heatmap logits' grid, and the artifact says where
+    // that is: 0.72 on the street frames, under the 0.77 FP32 gives the best person in
+    // bus.jpg.
+    let src = asset("models/cache/centernet-mobilenetv3.onnx");
+    let logits = edgesight::optimize::peaks::heatmap_logits(&Model::load(&src).unwrap());
+    assert_eq!(logits.len(), 1, "{logits:?}");
+    let model = art.join("model.onnx");
+    let ceiling = artifact(&art)["score_ceiling"]
+        .as_float()
+        .expect("a score ceiling");
+    let q = Model::load(&model).unwrap();
+    assert_eq!(
+        edgesight::optimize::peaks::score_ceiling(&q, &logits[0]),
+        Some(ceiling)
+    );
+    assert!(ceiling > 0.5 && ceiling < 0.9, "{ceiling}");
+    let best = |path: &Path| {
+        centernet_rows(path, &["assets/bus.jpg"])[0]
+            .chunks(6)
+            .map(|r| r[4])
+            .fold(0.0f32, f32::max) as f64
+    };
+    let (fp32_best, int8_best) = (best(&src), best(&model));
+    // Scores sit on a grid of 1/255, half a step from the sigmoid.
+    assert!(
+        int8_best <= ceiling + 0.5 / 255.0,
+        "{int8_best} > {ceiling}"
+    );
+    assert!(fp32_best > ceiling, "FP32's best {fp32_best}");
+    assert!(report.contains("score can pass"), "{report}");
     // How much the mean rests on these frames: rare classes come and go between draws.
     let map = fid["map50"].as_float().unwrap();
     let iv: Vec<f64> = fid["map50_interval"]

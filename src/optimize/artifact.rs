@@ -74,6 +74,11 @@ pub struct Artifact {
     /// scale the optimized model's fidelity is read on.
     #[serde(default)]
     pub yardstick: Option<super::fidelity::Fidelity>,
+    /// Detectors with a heatmap peak test, quantized: the highest score the model can give,
+    /// the sigmoid of the top of its logits' grid (which the calibration images set). A
+    /// threshold above it finds nothing.
+    #[serde(default)]
+    pub score_ceiling: Option<f64>,
 }
 
 /// Two annotated pictures of one held-out frame, in the artifact folder.

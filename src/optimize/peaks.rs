@@ -57,14 +57,8 @@ pub fn pool_the_logits(
     let mut replace: HashMap<usize, Vec<pb::NodeProto>> = HashMap::new();
     let mut tests = Vec::new();
     for (i, n) in g.node.iter().enumerate() {
-        if n.op_type() != "Equal" || n.input.len() != 2 {
-            continue;
-        }
-        let a = through_transposes(g, &producer, &n.input[0]);
-        let b = through_transposes(g, &producer, &n.input[1]);
-        let Some((logits, pool, perm)) = peak_test(g, &producer, &a, &b)
-            .or_else(|| peak_test(g, &producer, &b, &a))
-            .filter(|(_, pool, _)| !skip(pool))
+        let Some((logits, pool, perm)) =
+            peak_test_at(g, &producer, n).filter(|(_, pool, _)| !skip(pool))
         else {
             continue;
         };
@@ -121,6 +115,55 @@ pub fn pool_the_logits(
     // The exported pool and its Transposes, now read by nothing.
     onnx::drop_dead_nodes(og);
     Some((out, tests))
+}
+
+/// The logits under every heatmap peak test of a float graph: the tensors whose sigmoid is
+/// both pooled and compared, as [`pool_the_logits`] finds them.
+pub fn heatmap_logits(model: &Model) -> Vec<String> {
+    let g = model.graph();
+    let producer = onnx::producers(g);
+    let mut out: Vec<String> = Vec::new();
+    for (logits, _, _) in g.node.iter().filter_map(|n| peak_test_at(g, &producer, n)) {
+        if !out.iter().any(|o| o == logits) {
+            out.push(logits.to_string());
+        }
+    }
+    out
+}
+
+/// [`peak_test`] of an Equal node, its inputs taken either way round; `None` for any other node.
+fn peak_test_at<'g>(
+    g: &'g pb::GraphProto,
+    producer: &HashMap<&str, usize>,
+    n: &'g pb::NodeProto,
+) -> Option<(&'g str, &'g pb::NodeProto, Option<Vec<i64>>)> {
+    if n.op_type() != "Equal" || n.input.len() != 2 {
+        return None;
+    }
+    let a = through_transposes(g, producer, &n.input[0]);
+    let b = through_transposes(g, producer, &n.input[1]);
+    peak_test(g, producer, &a, &b).or_else(|| peak_test(g, producer, &b, &a))
+}
+
+/// The highest score a quantized graph can give through the heatmap whose float logits are
+/// `logits`: the sigmoid of the top of their int8 grid (`{logits}__Q`'s scale and zero point).
+/// `None` when the logits are not quantized there.
+pub fn score_ceiling(quantized: &Model, logits: &str) -> Option<f64> {
+    let g = quantized.graph();
+    let q = g.node.iter().find(|n| n.name() == format!("{logits}__Q"))?;
+    let init = |i: usize| {
+        let name = q.input.get(i)?;
+        g.initializer.iter().find(|t| t.name() == name)
+    };
+    let scale = f64::from(*onnx::tensor_f32(init(1)?)?.first()?);
+    let zp = init(2)?;
+    let (zero, top) = match zp.data_type() {
+        t if t == DataType::Uint8 as i32 => (f64::from(*zp.raw_data().first()?), 255.0),
+        t if t == DataType::Int8 as i32 => (f64::from(*zp.raw_data().first()? as i8), 127.0),
+        _ => return None,
+    };
+    let hi = (top - zero) * scale;
+    Some(1.0 / (1.0 + (-hi).exp()))
 }
 
 /// A tensor seen through the Transposes that moved it: the tensor they started from and the

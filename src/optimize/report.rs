@@ -130,6 +130,15 @@ pub fn markdown(a: &Artifact) -> String {
             f.size_bytes as f64 / 1e6
         );
     }
+    if let Some(c) = a.score_ceiling.filter(|&c| c < 0.99) {
+        let _ = writeln!(
+            s,
+            "\nNo {} score can pass **{c:.2}**: that is the sigmoid of the top of the heatmap \
+             logits' grid, the highest logit the calibration images gave. A threshold above it \
+             finds nothing; calibration images where the detector is sure of something raise it.",
+            a.precision
+        );
+    }
     if let Some(y) = &a.yardstick {
         let reads = match map50_text(y) {
             Some(m) => {
