@@ -576,10 +576,7 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
     // A percentile range fits the background logits; the top of the grid is the best score
     // the calibration images gave, and no score can pass it (CenterNet on the street
     // frames: 0.72, where FP32 scores a person in `bus.jpg` 0.77).
-    let score_ceiling = peaks::heatmap_logits(&src)
-        .iter()
-        .filter_map(|t| peaks::score_ceiling(&candidate, t))
-        .reduce(f64::min);
+    let score_ceiling = score_ceiling(&src, &candidate);
     if let Some(c) = score_ceiling.filter(|&c| c < SCORE_CEILING_WARNING) {
         tracing::warn!(
             ceiling = format!("{c:.3}"),
@@ -810,6 +807,17 @@ fn draw_comparison(
 
 /// A score ceiling below this is worth a warning: a pipeline's threshold may sit above it.
 const SCORE_CEILING_WARNING: f64 = 0.9;
+
+/// The highest score `quantized` can give through the heatmaps of `float` (its source): the
+/// sigmoid of the top of each heatmap's logit grid, the lowest of them. `None` for a graph
+/// with no heatmap peak test, or whose logits stayed float.
+pub fn score_ceiling(float: &Model, quantized: &Model) -> Option<f64> {
+    peaks::heatmap_logits(float)
+        .iter()
+        .filter_map(|t| qdq::grid_top(quantized, t))
+        .map(|top| 1.0 / (1.0 + (-top).exp()))
+        .reduce(f64::min)
+}
 
 pub fn ranges_of(stats: &HashMap<String, TensorStats>, method: Method) -> HashMap<String, Range> {
     stats

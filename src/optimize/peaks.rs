@@ -145,27 +145,6 @@ fn peak_test_at<'g>(
     peak_test(g, producer, &a, &b).or_else(|| peak_test(g, producer, &b, &a))
 }
 
-/// The highest score a quantized graph can give through the heatmap whose float logits are
-/// `logits`: the sigmoid of the top of their int8 grid (`{logits}__Q`'s scale and zero point).
-/// `None` when the logits are not quantized there.
-pub fn score_ceiling(quantized: &Model, logits: &str) -> Option<f64> {
-    let g = quantized.graph();
-    let q = g.node.iter().find(|n| n.name() == format!("{logits}__Q"))?;
-    let init = |i: usize| {
-        let name = q.input.get(i)?;
-        g.initializer.iter().find(|t| t.name() == name)
-    };
-    let scale = f64::from(*onnx::tensor_f32(init(1)?)?.first()?);
-    let zp = init(2)?;
-    let (zero, top) = match zp.data_type() {
-        t if t == DataType::Uint8 as i32 => (f64::from(*zp.raw_data().first()?), 255.0),
-        t if t == DataType::Int8 as i32 => (f64::from(*zp.raw_data().first()? as i8), 127.0),
-        _ => return None,
-    };
-    let hi = (top - zero) * scale;
-    Some(1.0 / (1.0 + (-hi).exp()))
-}
-
 /// A tensor seen through the Transposes that moved it: the tensor they started from and the
 /// permutation all of them make together (`None`: not moved).
 struct Moved<'g> {

@@ -1184,6 +1184,27 @@ fn emit_qdq(
     ));
 }
 
+/// The largest value the Q/DQ pair of `tensor` in `quantized` can give back (the pair
+/// [`emit_qdq`] wrote): `(top - zero_point) * scale`, top 255 for uint8 and 127 for int8.
+/// `None` when the tensor has no pair there.
+pub fn grid_top(quantized: &Model, tensor: &str) -> Option<f64> {
+    let g = quantized.graph();
+    let q = g.node.iter().find(|n| n.name() == format!("{tensor}__Q"))?;
+    let init = |i: usize| {
+        let name = q.input.get(i)?;
+        g.initializer.iter().find(|t| t.name() == name)
+    };
+    let scale = f64::from(*onnx::tensor_f32(init(1)?)?.first()?);
+    let zp = init(2)?;
+    let &z = zp.raw_data().first()?;
+    let (zero, top) = match zp.data_type() {
+        t if t == DataType::Uint8 as i32 => (f64::from(z), 255.0),
+        t if t == DataType::Int8 as i32 => (f64::from(z as i8), 127.0),
+        _ => return None,
+    };
+    Some((top - zero) * scale)
+}
+
 pub fn node_label(n: &pb::NodeProto) -> String {
     if n.name().is_empty() {
         format!(

@@ -130,6 +130,7 @@ pub fn markdown(a: &Artifact) -> String {
             f.size_bytes as f64 / 1e6
         );
     }
+    // A ceiling of 0.99 or more bounds nothing a threshold would ask for.
     if let Some(c) = a.score_ceiling.filter(|&c| c < 0.99) {
         let _ = writeln!(
             s,
