@@ -103,6 +103,18 @@ struct OptimizeArgs {
     /// (GPTQ-style reconstruction on the calibration images) instead of rounding to nearest.
     #[arg(long)]
     reconstruct: bool,
+    /// How far int8 weights reach on the CPU: `reduced` (±64) for an x86 CPU without VNNI,
+    /// whose int8 kernels saturate on full-range weights; `full` (±127) for VNNI and ARM;
+    /// `auto` picks for this machine's CPU. TensorRT always takes the full range.
+    #[arg(long, value_enum, default_value_t = WeightRangeArg::Auto)]
+    weight_range: WeightRangeArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum WeightRangeArg {
+    Auto,
+    Full,
+    Reduced,
 }
 
 #[derive(Subcommand)]
@@ -441,7 +453,12 @@ fn manifest_for_file(file: &std::path::Path) -> Result<Manifest> {
 }
 
 fn optimize(a: &OptimizeArgs) -> Result<ExitCode> {
-    use edgesight::optimize::{self, calibrator::Method, qdq::Exclusions, Precision, Target};
+    use edgesight::optimize::{
+        self,
+        calibrator::Method,
+        qdq::{Exclusions, WeightRange},
+        Precision, Target,
+    };
     if let Some(OptimizeSub::Inspect { model_file, json }) = &a.sub {
         let m = edgesight::onnx::Model::load(model_file)?;
         let i = m.inspect();
@@ -525,6 +542,11 @@ fn optimize(a: &OptimizeArgs) -> Result<ExitCode> {
         bench_runs: a.runs,
         equalize: a.equalize,
         reconstruct: a.reconstruct,
+        weight_range: match a.weight_range {
+            WeightRangeArg::Auto => WeightRange::for_this_cpu(),
+            WeightRangeArg::Full => WeightRange::Full,
+            WeightRangeArg::Reduced => WeightRange::Reduced,
+        },
     };
     let pb = ProgressBar::no_length();
     pb.set_style(

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::qdq::WeightRange;
 use super::{Figures, LayerSensitivity, OptimizeError, Precision, Target};
 use crate::engine::{Engine, EngineConfig, Provider, TensorRtOptions};
 use crate::models::Manifest;
@@ -79,6 +80,10 @@ pub struct Artifact {
     /// threshold above it finds nothing.
     #[serde(default)]
     pub score_ceiling: Option<f64>,
+    /// CPU INT8: how far the weights reach, which decides the CPUs whose int8 kernels run it
+    /// as quantized ([`WeightRange`]). Artifacts from before it was recorded are full range.
+    #[serde(default)]
+    pub weight_range: Option<WeightRange>,
 }
 
 /// Two annotated pictures of one held-out frame, in the artifact folder.
@@ -129,7 +134,23 @@ impl Artifact {
         })?;
         a.model.file = dir.join(&a.model.file);
         a.model.labels = a.model.labels.map(|l| dir.join(l));
+        if a.saturates_here() {
+            tracing::warn!(
+                artifact = %dir.display(),
+                "this CPU has no VNNI: ONNX Runtime's int8 kernels saturate on this artifact's \
+                 full-range weights and compute something other than its figures; optimize \
+                 again here, or with --weight-range reduced"
+            );
+        }
         Ok(a)
+    }
+
+    /// A CPU INT8 artifact with full-range weights on a CPU whose int8 kernels saturate on them.
+    pub fn saturates_here(&self) -> bool {
+        self.precision == Precision::Int8
+            && self.target == Target::Cpu
+            && self.weight_range.unwrap_or_default() == WeightRange::Full
+            && super::qdq::cpu_int8_saturates()
     }
 
     /// The engine settings the artifact was built for.

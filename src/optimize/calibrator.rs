@@ -585,13 +585,15 @@ impl Range {
 
 /// Symmetric per-channel int8 scales for a weight tensor laid out with
 /// `channels` rows along axis 0 (for Conv `[O, I, kH, kW]`): the slice is
-/// channel-major, each channel a contiguous chunk of `len / channels`.
+/// channel-major, each channel a contiguous chunk of `len / channels`. Each
+/// channel's largest weight lands on `qmax` (127, or 64 where the runtime's
+/// kernels would saturate: [`super::qdq::WeightRange`]).
 ///
 /// Non-finite weights are ignored, as in [`TensorStats::observe`]. Should
 /// `len` not be a multiple of `channels` (a caller bug), channel `c` covers
 /// `[c * len / channels, (c + 1) * len / channels)` so every weight is still
 /// accounted for instead of panicking; `channels == 0` gives an empty vector.
-pub fn per_channel_scales(weights: &[f32], channels: usize) -> Vec<f32> {
+pub fn per_channel_scales(weights: &[f32], channels: usize, qmax: f32) -> Vec<f32> {
     let n = weights.len() as u128;
     let bound = |c: usize| (c as u128 * n / channels as u128) as usize;
     (0..channels)
@@ -600,11 +602,12 @@ pub fn per_channel_scales(weights: &[f32], channels: usize) -> Vec<f32> {
                 .iter()
                 .filter(|w| w.is_finite())
                 .fold(0.0f32, |m, w| m.max(w.abs()));
-            Range {
-                lo: -abs_max,
-                hi: abs_max,
+            let scale = abs_max / qmax;
+            if scale.is_finite() && scale > 0.0 {
+                scale
+            } else {
+                1.0
             }
-            .symmetric_i8()
         })
         .collect()
 }
@@ -670,10 +673,14 @@ mod tests {
         assert_eq!(zp, 85);
         assert!(close(r.symmetric_i8(), 2.0 / 127.0));
 
-        let scales = per_channel_scales(&[1.0, -3.0, 0.5, 0.25], 2);
+        let scales = per_channel_scales(&[1.0, -3.0, 0.5, 0.25], 2, 127.0);
         assert_eq!(scales.len(), 2);
         assert!(close(scales[0], 3.0 / 127.0));
         assert!(close(scales[1], 0.5 / 127.0));
+        // The reduced range puts the largest weight on 64.
+        let reduced = per_channel_scales(&[1.0, -3.0, 0.5, 0.25], 2, 64.0);
+        assert!(close(reduced[0], 3.0 / 64.0));
+        assert!(close(reduced[1], 0.5 / 64.0));
     }
 
     #[test]
@@ -690,11 +697,11 @@ mod tests {
 
     #[test]
     fn per_channel_edge_cases() {
-        assert!(per_channel_scales(&[1.0, 2.0], 0).is_empty());
+        assert!(per_channel_scales(&[1.0, 2.0], 0, 127.0).is_empty());
         // An all-zero channel must still get a usable scale.
-        assert_eq!(per_channel_scales(&[0.0, 0.0, 4.0, 1.0], 2)[0], 1.0);
+        assert_eq!(per_channel_scales(&[0.0, 0.0, 4.0, 1.0], 2, 127.0)[0], 1.0);
         // Non-finite weights are ignored rather than producing an inf scale.
-        let s = per_channel_scales(&[f32::INFINITY, -2.54], 1);
+        let s = per_channel_scales(&[f32::INFINITY, -2.54], 1, 127.0);
         assert!(close(s[0], 2.54 / 127.0));
     }
 

@@ -109,6 +109,9 @@ pub struct OptimizeSpec {
     pub equalize: bool,
     /// Convolution weights fitted to the int8 model's own inputs ([`reconstruct`]).
     pub reconstruct: bool,
+    /// How far the CPU graph's int8 weights reach: the CPU that will run the artifact decides
+    /// ([`qdq::WeightRange`]). TensorRT's graphs always take the full range.
+    pub weight_range: qdq::WeightRange,
 }
 
 /// Progress of the long steps: (step, done, total).
@@ -306,9 +309,9 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
             };
             let ranges = ranges_of(&stats.tensors, spec.method);
             shapes.clone_from(&stats.shapes);
-            let act = match spec.target {
-                Target::Cpu => qdq::ActivationType::U8Asymmetric,
-                Target::Tensorrt => qdq::ActivationType::I8Symmetric,
+            let (act, weights) = match spec.target {
+                Target::Cpu => (qdq::ActivationType::U8Asymmetric, spec.weight_range),
+                Target::Tensorrt => (qdq::ActivationType::I8Symmetric, qdq::WeightRange::Full),
             };
             let mut exclude = spec.exclude.clone();
             // The reconstruction and the search both run calibration images again; a run from
@@ -323,7 +326,15 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                 d => d,
             };
             let quantize = |presets: &reconstruct::Presets, exclude: &qdq::Exclusions| {
-                qdq::quantize(&src, &ranges, &stats.channel_means, presets, act, exclude)
+                qdq::quantize(
+                    &src,
+                    &ranges,
+                    &stats.channel_means,
+                    presets,
+                    act,
+                    weights,
+                    exclude,
+                )
             };
             // The search judges rounded weights; the fit comes after it (below).
             let rounded = reconstruct::Presets::new();
@@ -484,6 +495,7 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
                     reconstruct::fit(
                         laid.as_ref().unwrap_or(&src),
                         &with,
+                        weights,
                         spec.manifest.family.is_detector(),
                         inputs,
                         &cpu,
@@ -748,6 +760,8 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
         comparison,
         yardstick,
         score_ceiling,
+        weight_range: (spec.precision == Precision::Int8 && spec.target == Target::Cpu)
+            .then_some(spec.weight_range),
         tensorrt,
         created_by: format!("edgesight {}", env!("CARGO_PKG_VERSION")),
     };

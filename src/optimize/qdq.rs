@@ -149,6 +149,77 @@ pub enum ActivationType {
     I8Symmetric,
 }
 
+/// How far int8 weights reach. ONNX Runtime's x86 int8 kernels without VNNI (AVX2, and AVX-512
+/// without VNNI) multiply uint8 activations by int8 weights with `vpmaddubsw`, which adds each
+/// pair of products into an int16 and saturates: 2 × 255 × 127 does not fit, 2 × 255 × 64
+/// does. On such a CPU a full-range model silently computes something else (ONNX Runtime 1.32
+/// on an AVX2 EPYC: a 1×1 convolution's output off its own Q/DQ arithmetic by up to 38 steps of
+/// its grid, and a small Gemm network's cosine with FP32 0.78). Depthwise convolutions run on a
+/// kernel that widens to 16 bits first, so they keep the full range either way. VNNI, ARM and
+/// TensorRT kernels accumulate in 32 bits and take the full range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightRange {
+    /// ±127.
+    #[default]
+    Full,
+    /// ±64 (ONNX Runtime's `reduce_range`), depthwise convolutions aside.
+    Reduced,
+}
+
+impl WeightRange {
+    /// The largest int8 weight magnitude of a layer.
+    pub fn qmax(self, depthwise: bool) -> f32 {
+        match self {
+            WeightRange::Reduced if !depthwise => 64.0,
+            _ => 127.0,
+        }
+    }
+
+    /// What ONNX Runtime's CPU kernels on this machine need.
+    pub fn for_this_cpu() -> Self {
+        if cpu_int8_saturates() {
+            WeightRange::Reduced
+        } else {
+            WeightRange::Full
+        }
+    }
+}
+
+impl std::fmt::Display for WeightRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WeightRange::Full => "full",
+            WeightRange::Reduced => "reduced",
+        })
+    }
+}
+
+/// Whether this CPU's int8 kernels add pairs of uint8 × int8 products in 16 bits (x86 without
+/// VNNI, see [`WeightRange`]).
+pub fn cpu_int8_saturates() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        !(std::arch::is_x86_feature_detected!("avx512vnni")
+            || std::arch::is_x86_feature_detected!("avxvnni"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A convolution with one input and one output channel per group: ONNX Runtime runs it on its
+/// depthwise kernel, which does not saturate ([`WeightRange`]).
+pub fn is_depthwise(n: &pb::NodeProto, weight_dims: &[i64]) -> bool {
+    let group = onnx::get_attr_int(n, "group").unwrap_or(1);
+    n.op_type() == "Conv"
+        && weight_dims.len() == 4
+        && weight_dims[1] == 1
+        && group > 1
+        && weight_dims[0] == group
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Exclusions {
     /// Node names left in float.
@@ -675,6 +746,7 @@ pub fn quantize(
     channel_means: &HashMap<String, Vec<f32>>,
     presets: &Presets,
     act: ActivationType,
+    weights: WeightRange,
     exclude: &Exclusions,
 ) -> Result<(Model, QdqReport), onnx::OnnxError> {
     let cpu = act == ActivationType::U8Asymmetric;
@@ -1092,6 +1164,7 @@ pub fn quantize(
                 channel_means.get(&n.input[0]).map(Vec::as_slice),
                 presets.get(&node_label(n)),
                 per_channel_ok,
+                weights,
                 &mut new_inits,
                 &mut new_nodes,
             )
@@ -1229,6 +1302,7 @@ fn quantize_weights(
     input_mean: Option<&[f32]>,
     preset: Option<&Preset>,
     per_channel_ok: bool,
+    range: WeightRange,
     new_inits: &mut Vec<pb::TensorProto>,
     new_nodes: &mut Vec<pb::NodeProto>,
 ) -> Option<()> {
@@ -1253,8 +1327,9 @@ fn quantize_weights(
         _ => -1, // per tensor
     };
     let per_channel = per_channel_ok && axis >= 0 && dims.len() >= 2;
+    let qmax = range.qmax(is_depthwise(n, &dims));
     let scales: Vec<f32> = if per_channel && axis == 0 {
-        per_channel_scales(&values, dims[0] as usize)
+        per_channel_scales(&values, dims[0] as usize, qmax)
     } else if per_channel {
         let (k, c) = (dims[0] as usize, dims[1] as usize);
         (0..c)
@@ -1263,14 +1338,14 @@ fn quantize_weights(
                     .map(|i| values[i * c + j].abs())
                     .fold(0.0f32, f32::max);
                 if m > 0.0 {
-                    m / 127.0
+                    m / qmax
                 } else {
                     1.0
                 }
             })
             .collect()
     } else {
-        per_channel_scales(&values, 1)
+        per_channel_scales(&values, 1, qmax)
     };
     // The Conv/Gemm float bias. A layer without one gets zeros, used only if bias correction
     // has something to put there.
@@ -1347,7 +1422,7 @@ fn quantize_weights(
         None => values
             .iter()
             .enumerate()
-            .map(|(i, &v)| (v / scales[channel_of(i)]).round().clamp(-127.0, 127.0) as i8)
+            .map(|(i, &v)| (v / scales[channel_of(i)]).round().clamp(-qmax, qmax) as i8)
             .collect(),
     };
     let corrected = match (input_mean, bias.as_mut()) {
@@ -1597,11 +1672,20 @@ mod tests {
             let s = onnx::tensor_f32(init(&dq.input[1])).unwrap();
             v.iter().zip(s).map(|(&i, s)| i as f32 * s).collect()
         };
-        let act = ActivationType::U8Asymmetric;
+        let (act, full) = (ActivationType::U8Asymmetric, WeightRange::Full);
         let ex = Exclusions::default();
-        let (plain, _) =
-            quantize(&model, &ranges, &HashMap::new(), &Presets::new(), act, &ex).unwrap();
-        let (fixed, _) = quantize(&model, &ranges, &means, &Presets::new(), act, &ex).unwrap();
+        let (plain, _) = quantize(
+            &model,
+            &ranges,
+            &HashMap::new(),
+            &Presets::new(),
+            act,
+            full,
+            &ex,
+        )
+        .unwrap();
+        let (fixed, _) =
+            quantize(&model, &ranges, &means, &Presets::new(), act, full, &ex).unwrap();
         // Rounding errors: 0.0035 -> 0 (step 1/127 = 0.00787) and 0.0043 -> 0.00787.
         let err1 = 1.0 / 127.0 - 0.0043;
         let want = [0.5 - (-0.0035) * 100.0, -0.5 - err1 * 200.0];
@@ -1940,6 +2024,7 @@ mod tests {
             &means,
             &Presets::new(),
             act,
+            WeightRange::Full,
             &Exclusions::default(),
         )
         .unwrap();
@@ -2146,6 +2231,7 @@ mod tests {
             &HashMap::new(),
             &Presets::new(),
             act,
+            WeightRange::Full,
             exclude,
         )
         .unwrap()
@@ -2217,7 +2303,16 @@ mod tests {
         let presets: Presets = [("c".to_string(), preset.clone())].into();
         let means: HashMap<String, Vec<f32>> = [("x".to_string(), vec![1.0; 3])].into();
         let with = |p: &Presets| {
-            quantize(&model, &ranges, &means, p, act, &Exclusions::default()).unwrap()
+            quantize(
+                &model,
+                &ranges,
+                &means,
+                p,
+                act,
+                WeightRange::Full,
+                &Exclusions::default(),
+            )
+            .unwrap()
         };
         let (q, rep) = with(&presets);
         assert_eq!(rep.quantized_layers, vec!["c".to_string()]);
@@ -2270,6 +2365,74 @@ mod tests {
     }
 
     /// Small weights in steps of 0.1 around 0 (-0.3 for a one-element tensor).
+    /// The reduced range puts every weight but a depthwise layer's within ±64, where the pair
+    /// sums of x86's 16-bit int8 kernels cannot saturate; the full range reaches ±127.
+    #[test]
+    fn reduced_range_spares_depthwise_layers() {
+        let model = model_of(
+            vec![
+                onnx::node("Conv", "pw", &["x", "wp"], &["p"], vec![]),
+                onnx::node(
+                    "Conv",
+                    "dw",
+                    &["p", "wd"],
+                    &["out"],
+                    vec![
+                        onnx::attr_int("group", 4),
+                        onnx::attr_ints("pads", &[1, 1, 1, 1]),
+                    ],
+                ),
+            ],
+            vec![weights("wp", &[4, 4, 1, 1]), weights("wd", &[4, 1, 3, 3])],
+        );
+        let ranges = ranges_in(&model, |_| Range { lo: -1.0, hi: 1.0 });
+        let reach = |range: WeightRange| -> BTreeMap<String, i32> {
+            let act = ActivationType::U8Asymmetric;
+            let (q, _) = quantize(
+                &model,
+                &ranges,
+                &HashMap::new(),
+                &Presets::new(),
+                act,
+                range,
+                &Exclusions::default(),
+            )
+            .unwrap();
+            let g = q.graph();
+            let producer = |t: &str| g.node.iter().find(|n| n.output.iter().any(|o| o == t));
+            g.node
+                .iter()
+                .filter(|n| n.op_type() == "Conv")
+                .map(|n| {
+                    let dq = producer(&n.input[1]).expect("dequantized weights");
+                    let w = g
+                        .initializer
+                        .iter()
+                        .find(|t| t.name() == dq.input[0])
+                        .unwrap();
+                    let top = w.raw_data().iter().map(|&b| i32::from(b as i8).abs()).max();
+                    (n.name().to_string(), top.unwrap())
+                })
+                .collect()
+        };
+        assert_eq!(
+            reach(WeightRange::Full),
+            [("dw".into(), 127), ("pw".into(), 127)].into()
+        );
+        assert_eq!(
+            reach(WeightRange::Reduced),
+            [("dw".into(), 127), ("pw".into(), 64)].into()
+        );
+        let n =
+            |group: i64| onnx::node("Conv", "c", &[], &[], vec![onnx::attr_int("group", group)]);
+        assert!(is_depthwise(&n(4), &[4, 1, 3, 3]));
+        assert!(!is_depthwise(&n(4), &[8, 1, 3, 3]), "two outputs per group");
+        assert!(
+            !is_depthwise(&n(1), &[1, 1, 3, 3]),
+            "one channel, not grouped"
+        );
+    }
+
     fn weights(name: &str, dims: &[i64]) -> pb::TensorProto {
         let n: i64 = dims.iter().product();
         let v: Vec<f32> = (0..n).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();

@@ -30,7 +30,7 @@
 //!     let (a, b) = (rng.f64(), rng.f64());
 //!     g.add(&[a, b, 1.0], &[a + 0.05, b, 1.0]);
 //! }
-//! let fit = gptq(&g, &[1.0, 0.5, 0.0], 1, 1e-6).unwrap(); // two weights, then the bias
+//! let fit = gptq(&g, &[1.0, 0.5, 0.0], 1, 1e-6, 127.0).unwrap(); // two weights, then the bias
 //! assert!((fit.w[2] + 0.05).abs() < 0.01, "bias {}", fit.w[2]);
 //! ```
 
@@ -119,9 +119,10 @@ pub struct Fit {
 
 /// Fits `rows` output channels whose float weights and bias are `w` (rows of `d`, the bias
 /// last) to the quantized inputs `g` saw. `damp` (a share of the mean diagonal) keeps `H̃`
-/// invertible where inputs are constant or copies of each other. `None` when even the damped
-/// `H̃` is not positive definite.
-pub fn gptq(g: &Gram, w: &[f64], rows: usize, damp: f64) -> Option<Fit> {
+/// invertible where inputs are constant or copies of each other. Each channel's largest weight
+/// lands on `qmax`, as `quantize` would round it ([`qdq::WeightRange`]). `None` when even the
+/// damped `H̃` is not positive definite.
+pub fn gptq(g: &Gram, w: &[f64], rows: usize, damp: f64, qmax: f64) -> Option<Fit> {
     let d = g.d;
     assert_eq!(w.len(), rows * d, "weights and Gram disagree");
     let mean_diag = (0..d).map(|i| g.hq[[i, i]]).sum::<f64>() / d as f64;
@@ -149,7 +150,7 @@ pub fn gptq(g: &Gram, w: &[f64], rows: usize, damp: f64) -> Option<Fit> {
             .iter()
             .fold(0.0f64, |a, v| a.max(v.abs()));
         if m > 0.0 {
-            m / 127.0
+            m / qmax
         } else {
             1.0
         }
@@ -160,7 +161,7 @@ pub fn gptq(g: &Gram, w: &[f64], rows: usize, damp: f64) -> Option<Fit> {
     for i in 0..d - 1 {
         for r in 0..rows {
             let v = fit[[r, i]];
-            let qi = (v / scales[r]).round().clamp(-127.0, 127.0);
+            let qi = (v / scales[r]).round().clamp(-qmax, qmax);
             q[r * (d - 1) + i] = qi as i8;
             let err = (v - qi * scales[r]) / u[[i, i]];
             fit[[r, i]] = qi * scales[r];
@@ -177,7 +178,7 @@ pub fn gptq(g: &Gram, w: &[f64], rows: usize, damp: f64) -> Option<Fit> {
     let one = d - 1;
     for r in 0..rows {
         for i in 0..one {
-            rtn[[r, i]] = (w0[[r, i]] / rtn_scales[r]).round().clamp(-127.0, 127.0) * rtn_scales[r];
+            rtn[[r, i]] = (w0[[r, i]] / rtn_scales[r]).round().clamp(-qmax, qmax) * rtn_scales[r];
         }
         if g.hq[[one, one]] > 0.0 {
             let spent: f64 = (0..one).map(|i| rtn[[r, i]] * g.hq[[i, one]]).sum();
@@ -500,7 +501,8 @@ const MIN_PATCHES_PER_WEIGHT: f64 = 4.0;
 /// Presets for every quantized convolution that a fit improves, layer by layer in graph
 /// order. `float` is the graph [`qdq::quantize`] quantizes, after its own layout changes
 /// ([`qdq::layout_for`]), so that node names, weights and channel counts line up;
-/// `quantize_with` gives the int8 model with the presets so far. Each layer is fitted to the
+/// `quantize_with` gives the int8 model with the presets so far, its weights on `range`'s
+/// grid, which the fits keep to. Each layer is fitted to the
 /// inputs its already-fitted predecessors give it: fitted all at once on round-to-nearest
 /// inputs, every layer also cancels upstream error that upstream layers had cancelled
 /// themselves, and CenterNet's heatmap fell apart (agreement mAP50 0.55 → 0.00).
@@ -512,9 +514,11 @@ const MIN_PATCHES_PER_WEIGHT: f64 = 4.0;
 /// faces' logits near zero came out as noise of ±30, and agreement fell 0.98 → 0.07 while the
 /// outputs' cosine with FP32 rose. An embedder's output is judged by its cosine, which a
 /// squared error does follow: there it is fitted.
+#[allow(clippy::too_many_arguments)]
 pub fn fit(
     float: &Model,
     quantize_with: &dyn Fn(&Presets) -> Result<Model, OptimizeError>,
+    range: qdq::WeightRange,
     round_outputs: bool,
     inputs: &[Tensor],
     engine: &EngineConfig,
@@ -580,7 +584,7 @@ pub fn fit(
             }
             continue;
         }
-        let Some((preset, lf)) = fit_layer(&layer) else {
+        let Some((preset, lf)) = fit_layer(&layer, range) else {
             continue;
         };
         tracing::debug!(layer = %lf.layer, rtn = lf.rtn_error, fit = lf.error, kept = lf.kept, "reconstruction");
@@ -690,11 +694,13 @@ fn enough_patches(l: &Layer, patches: f64) -> bool {
 }
 
 /// The preset of one layer, group by group, and how it compares with round-to-nearest.
-fn fit_layer(l: &Layer) -> Option<(Preset, LayerFit)> {
+fn fit_layer(l: &Layer, range: qdq::WeightRange) -> Option<(Preset, LayerFit)> {
     let geo = l.geometry.as_ref()?;
     let m = l.weight_dims[0] as usize;
     let per_group = m / geo.group;
     let d = geo.d();
+    // The grid `quantize` would round this layer to: the fit replaces that rounding.
+    let qmax = f64::from(range.qmax(qdq::is_depthwise(&l.node, &l.weight_dims)));
     let mut q = vec![0i8; l.weights.len()];
     let mut scales = vec![0f32; m];
     let mut bias = vec![0f32; m];
@@ -710,7 +716,7 @@ fn fit_layer(l: &Layer) -> Option<(Preset, LayerFit)> {
                     .chain(std::iter::once(f64::from(l.bias[o])))
             })
             .collect();
-        let f = gptq(gram, &w, per_group, DAMP)?;
+        let f = gptq(gram, &w, per_group, DAMP, qmax)?;
         for (r, o) in rows.enumerate() {
             q[o * (d - 1)..(o + 1) * (d - 1)].copy_from_slice(&f.q[r * (d - 1)..(r + 1) * (d - 1)]);
             scales[o] = f.scales[r] as f32;
@@ -776,7 +782,7 @@ mod tests {
         let w: Vec<f64> = (0..rows * d)
             .map(|i| if i % d == d - 1 { 0.1 } else { rng.f64() - 0.5 })
             .collect();
-        let f = gptq(&g, &w, rows, 0.01).unwrap();
+        let f = gptq(&g, &w, rows, 0.01, 127.0).unwrap();
         assert!(
             f.error < 0.5 * f.rtn_error,
             "{} vs {}",
@@ -802,7 +808,7 @@ mod tests {
             g.add(&[a, b, 1.0], &[a + 0.05, b, 1.0]);
         }
         let w = vec![1.0, 0.5, 0.0];
-        let f = gptq(&g, &w, 1, 1e-6).unwrap();
+        let f = gptq(&g, &w, 1, 1e-6, 127.0).unwrap();
         // 1.0 · 0.05 comes off the bias.
         assert!((f.w[2] + 0.05).abs() < 0.01, "bias {}", f.w[2]);
         // Round-to-nearest's best bias takes the same shift back, undamped: the fit is no
@@ -843,7 +849,7 @@ mod tests {
         };
         // On its own patches the fit looks better than rounding: only their count stops it.
         let (few, many) = (layer(30), layer(400));
-        let (_, fit) = fit_layer(&few).unwrap();
+        let (_, fit) = fit_layer(&few, qdq::WeightRange::Full).unwrap();
         assert!(fit.kept && fit.error < fit.rtn_error, "{fit:?}");
         assert!(!enough_patches(&few, few.grams[0].samples()));
         assert!(enough_patches(&many, many.grams[0].samples()));
