@@ -1518,6 +1518,30 @@ fn bench_times_an_artifact_against_its_source() {
         "{}",
         stderr(&o)
     );
+
+    // The artifact was quantized for this CPU, and says so. Told it is full range, it is
+    // warned of exactly where the int8 kernels saturate on such weights.
+    use edgesight::optimize::qdq::{cpu_int8_saturates, WeightRange};
+    let range = WeightRange::for_this_cpu().to_string();
+    assert_eq!(
+        artifact(&art)["weight_range"].as_str(),
+        Some(range.as_str())
+    );
+    let saturates = "this CPU has no VNNI";
+    assert!(!stderr(&o).contains(saturates), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&toml_path).unwrap();
+    let full = text.replace(
+        &format!("weight_range = \"{range}\""),
+        "weight_range = \"full\"",
+    );
+    std::fs::write(&toml_path, full).unwrap();
+    let (o, _) = bench("full-range");
+    assert_eq!(
+        stderr(&o).contains(saturates),
+        cpu_int8_saturates(),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// An FP32 artifact of CenterNet runs its 20 hard-swishes as single HardSwish ops (ONNX Runtime
