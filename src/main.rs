@@ -218,6 +218,14 @@ impl RunArgs {
         }
         if let Some(dir) = &self.model_dir {
             let art = edgesight::optimize::artifact::Artifact::load(dir)?;
+            if art.saturates_here() {
+                tracing::warn!(
+                    artifact = %dir.display(),
+                    "this CPU has no VNNI: ONNX Runtime's int8 kernels saturate on this \
+                     artifact's full-range weights and compute something other than its \
+                     figures; optimize again here, or with --weight-range reduced"
+                );
+            }
             spec.engine = art.engine_config(dir, &spec.engine);
             spec.model = art.model;
         }

@@ -59,6 +59,42 @@ fn int8_mobilefacenet_stays_close_to_fp32() {
         report.contains(&format!("reads mean cosine {y:.5}")),
         "{report}"
     );
+    // The weights reach as far as this CPU's int8 kernels take, depthwise layers ±127.
+    use edgesight::optimize::qdq::{is_depthwise, WeightRange};
+    let range = WeightRange::for_this_cpu();
+    assert_eq!(a["weight_range"].as_str(), Some(range.to_string().as_str()));
+    let stated = match range {
+        WeightRange::Reduced => "Weights on **±64**",
+        WeightRange::Full => "Weights on **±127**",
+    };
+    assert!(report.contains(stated), "{report}");
+    let m = Model::load(&out.join("model.onnx")).unwrap();
+    let g = m.graph();
+    let producer = |t: &str| g.node.iter().find(|n| n.output.iter().any(|o| o == t));
+    let mut reach = std::collections::BTreeMap::new();
+    for n in g.node.iter().filter(|n| n.op_type() == "Conv") {
+        let Some(dq) = producer(&n.input[1]).filter(|d| d.op_type() == "DequantizeLinear") else {
+            continue;
+        };
+        let w = g
+            .initializer
+            .iter()
+            .find(|t| t.name() == dq.input[0])
+            .unwrap();
+        let top = w
+            .raw_data()
+            .iter()
+            .map(|&b| i32::from(b as i8).abs())
+            .max()
+            .unwrap();
+        let dw = is_depthwise(n, &w.dims);
+        let e = reach.entry(dw).or_insert(0);
+        *e = top.max(*e);
+    }
+    // MobileFaceNet has both kinds; each reaches its grid's edge.
+    let edge = |dw: bool| range.qmax(dw) as i32;
+    assert_eq!(reach.get(&false), Some(&edge(false)), "{reach:?}");
+    assert_eq!(reach.get(&true), Some(&edge(true)), "{reach:?}");
     // Where the time goes, from ONNX Runtime's profiler: float convolutions in FP32, integer
     // ones in INT8, and the profiler's traces cleaned away.
     let kernels = |f: &toml::Value| -> Vec<(String, f64)> {

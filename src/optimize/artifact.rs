@@ -134,14 +134,6 @@ impl Artifact {
         })?;
         a.model.file = dir.join(&a.model.file);
         a.model.labels = a.model.labels.map(|l| dir.join(l));
-        if a.saturates_here() {
-            tracing::warn!(
-                artifact = %dir.display(),
-                "this CPU has no VNNI: ONNX Runtime's int8 kernels saturate on this artifact's \
-                 full-range weights and compute something other than its figures; optimize \
-                 again here, or with --weight-range reduced"
-            );
-        }
         Ok(a)
     }
 

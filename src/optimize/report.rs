@@ -6,6 +6,7 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use super::artifact::Artifact;
+use super::qdq::WeightRange;
 use super::OptimizeError;
 
 pub const LATENCY_SVG: &str = "latency.svg";
@@ -68,6 +69,24 @@ pub fn markdown(a: &Artifact) -> String {
                 ""
             }
         );
+    }
+    match a.weight_range {
+        Some(WeightRange::Reduced) => {
+            let _ = writeln!(
+                s,
+                "Weights on **±64** (depthwise convolutions ±127), for an x86 CPU without VNNI, \
+                 whose int8 kernels saturate on full-range weights. A VNNI or ARM CPU runs \
+                 these weights as they are, a grid step coarser than it needs.\n"
+            );
+        }
+        Some(WeightRange::Full) => {
+            let _ = writeln!(
+                s,
+                "Weights on **±127**, for a CPU with VNNI or an ARM CPU. An x86 CPU without VNNI \
+                 saturates on them: optimize there with `--weight-range reduced`.\n"
+            );
+        }
+        None => {}
     }
     let _ = writeln!(
         s,
