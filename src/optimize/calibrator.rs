@@ -20,7 +20,7 @@
 //!
 //! The range is then turned into runtime parameters: [`Range::asymmetric_u8`]
 //! for ONNX Runtime's CPU uint8 activations, [`Range::symmetric_i8`] for
-//! TensorRT and for weights, and [`per_channel_scales`] for convolution weights.
+//! TensorRT's int8 activations, and [`per_channel_scales`] for weights.
 
 use std::fmt;
 use std::str::FromStr;
@@ -570,16 +570,10 @@ impl Range {
         (scale, zp)
     }
 
-    /// int8 symmetric scale (zero point 0), as TensorRT and weight
-    /// quantization use: `abs_max / 127`, or 1.0 when that would be 0 or
-    /// not finite (all-zero tensor), so a scale is always safe to divide by.
+    /// int8 symmetric scale (zero point 0), as TensorRT's activations use:
+    /// `abs_max / 127` ([`symmetric_scale`]).
     pub fn symmetric_i8(&self) -> f32 {
-        let scale = self.abs_max() / 127.0;
-        if scale.is_finite() && scale > 0.0 {
-            scale
-        } else {
-            1.0
-        }
+        symmetric_scale(self.abs_max(), 127.0)
     }
 }
 
@@ -602,14 +596,20 @@ pub fn per_channel_scales(weights: &[f32], channels: usize, qmax: f32) -> Vec<f3
                 .iter()
                 .filter(|w| w.is_finite())
                 .fold(0.0f32, |m, w| m.max(w.abs()));
-            let scale = abs_max / qmax;
-            if scale.is_finite() && scale > 0.0 {
-                scale
-            } else {
-                1.0
-            }
+            symmetric_scale(abs_max, qmax)
         })
         .collect()
+}
+
+/// The scale that puts `abs_max` on `qmax`, or 1.0 when that would be 0 or not finite (an
+/// all-zero tensor), so that a scale is always safe to divide by.
+fn symmetric_scale(abs_max: f32, qmax: f32) -> f32 {
+    let scale = abs_max / qmax;
+    if scale.is_finite() && scale > 0.0 {
+        scale
+    } else {
+        1.0
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! MatMulInteger, ...) and which TensorRT ≥ 8 builds INT8 engines from. TensorRT's implicit
 //! calibrators are deprecated since 10.1, so this one graph serves both.
 //!
-//! - Weights: int8, symmetric, per output channel, stored quantized behind a DequantizeLinear.
+//! - Weights: int8, symmetric, per output channel, stored quantized behind a DequantizeLinear;
+//!   on ±127, or on ±64 for x86 CPUs whose int8 kernels would saturate ([`WeightRange`]).
 //! - Biases of Conv/Gemm: int32 with scale `s_input * s_weight[c]`, as the fused kernels expect.
 //! - Activations: per tensor; uint8 asymmetric for ONNX Runtime's CPU kernels (u8s8 is their
 //!   fast path), int8 symmetric for TensorRT (it accepts nothing else).
