@@ -2225,6 +2225,17 @@ mod tests {
         act: ActivationType,
         exclude: &Exclusions,
     ) -> (Model, QdqReport) {
+        quantize_on_grid(model, range, act, WeightRange::Full, exclude)
+    }
+
+    /// [`quantize_keeping`] with the weights on `weights`' grid.
+    fn quantize_on_grid(
+        model: &Model,
+        range: impl Fn(&str) -> Range,
+        act: ActivationType,
+        weights: WeightRange,
+        exclude: &Exclusions,
+    ) -> (Model, QdqReport) {
         let ranges = ranges_in(model, range);
         quantize(
             model,
@@ -2232,7 +2243,7 @@ mod tests {
             &HashMap::new(),
             &Presets::new(),
             act,
-            WeightRange::Full,
+            weights,
             exclude,
         )
         .unwrap()
@@ -2386,19 +2397,14 @@ mod tests {
             ],
             vec![weights("wp", &[4, 4, 1, 1]), weights("wd", &[4, 1, 3, 3])],
         );
-        let ranges = ranges_in(&model, |_| Range { lo: -1.0, hi: 1.0 });
-        let reach = |range: WeightRange| -> BTreeMap<String, i32> {
-            let act = ActivationType::U8Asymmetric;
-            let (q, _) = quantize(
+        let reach = |weights: WeightRange| -> BTreeMap<String, i32> {
+            let (q, _) = quantize_on_grid(
                 &model,
-                &ranges,
-                &HashMap::new(),
-                &Presets::new(),
-                act,
-                range,
+                |_| Range { lo: -1.0, hi: 1.0 },
+                ActivationType::U8Asymmetric,
+                weights,
                 &Exclusions::default(),
-            )
-            .unwrap();
+            );
             let g = q.graph();
             let producer = |t: &str| g.node.iter().find(|n| n.output.iter().any(|o| o == t));
             g.node
