@@ -14,7 +14,7 @@ SUDO=""
 
 # --- 1. Debian packages ------------------------------------------------------------------
 APT_PACKAGES=(
-  pkg-config protobuf-compiler unzip python3 python3-venv python3-pip
+  pkg-config protobuf-compiler unzip python3 python3-venv python3-pip mosquitto
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-rtsp gstreamer1.0-tools

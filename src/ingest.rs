@@ -28,6 +28,7 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
 use crate::frame::{Frame, FrameError, PixelFormat};
+use crate::source::{Source, SourceKind, SourceOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -120,6 +121,7 @@ pub struct Decoder {
     announced_frames: Option<u64>,
     fps: Option<f64>,
     size: (u32, u32),
+    live: bool,
 }
 
 fn init() -> Result<(), IngestError> {
@@ -129,149 +131,60 @@ fn init() -> Result<(), IngestError> {
 impl Decoder {
     /// Builds the pipeline and waits for the first frame to preroll, so that a file that is
     /// not video fails here, with its name, rather than somewhere downstream. Frames come as
-    /// I420.
+    /// I420. Any URI that [`Source::parse`] takes works; a live one starts playing at once.
     pub fn open(uri: &str, stream: Arc<str>) -> Result<Self, IngestError> {
         Self::open_as(uri, stream, PixelFormat::I420)
     }
 
     /// [`Decoder::open`], with frames in `format`.
     pub fn open_as(uri: &str, stream: Arc<str>, format: PixelFormat) -> Result<Self, IngestError> {
+        let source =
+            Source::parse(uri, &SourceOptions::default()).map_err(|e| IngestError::Open {
+                source_name: redact(uri),
+                reason: e.to_string(),
+            })?;
+        Self::open_source(&source, stream, format)
+    }
+
+    /// Opens a parsed source. Files preroll (the first frame is decoded before this returns);
+    /// live sources answer NO_PREROLL in PAUSED and give nothing until PLAYING, so they go
+    /// straight to PLAYING and their first frame, or their error, comes through [`Decoder::next`].
+    pub fn open_source(
+        source: &Source,
+        stream: Arc<str>,
+        format: PixelFormat,
+    ) -> Result<Self, IngestError> {
         init()?;
-        let redacted = redact(uri);
+        let redacted = source.display().to_string();
         let open_err = |reason: String| IngestError::Open {
             source_name: redacted.clone(),
             reason,
         };
-        let pipeline = gst::Pipeline::with_name(&format!("ingest-{stream}"));
-        crate::sched::background_streaming_threads(&pipeline);
-        let make = |factory: &str| {
-            gst::ElementFactory::make(factory)
-                .build()
-                .map_err(|e| open_err(format!("missing GStreamer element {factory}: {e}")))
-        };
-        let src = gst::ElementFactory::make("uridecodebin")
-            .property("uri", uri)
-            .build()
-            .map_err(|e| open_err(format!("missing GStreamer element uridecodebin: {e}")))?;
-        let convert = make("videoconvert")?;
-        let caps = gst::Caps::builder("video/x-raw")
-            .field("format", format.caps_name())
-            .build();
-        let appsink = gst_app::AppSink::builder()
-            .caps(&caps)
-            .sync(false)
-            .max_buffers(4)
-            .drop(false)
-            .build();
-        pipeline
-            .add_many([&src, &convert, appsink.upcast_ref()])
-            .map_err(|e| open_err(e.to_string()))?;
-        convert
-            .link(&appsink)
-            .map_err(|e| open_err(e.to_string()))?;
-
-        let video_linked = Arc::new(AtomicBool::new(false));
-        {
-            let convert = convert.clone();
-            let pipeline_weak = pipeline.downgrade();
-            let video_linked = video_linked.clone();
-            src.connect_pad_added(move |_, pad| {
-                let is_video = pad
-                    .current_caps()
-                    .or_else(|| Some(pad.query_caps(None)))
-                    .and_then(|c| c.structure(0).map(|s| s.name().starts_with("video/")))
-                    .unwrap_or(false);
-                if is_video && !video_linked.load(Ordering::SeqCst) {
-                    if let Some(sink) = convert.static_pad("sink") {
-                        if pad.link(&sink).is_ok() {
-                            video_linked.store(true, Ordering::SeqCst);
-                            return;
-                        }
-                    }
-                }
-                // Audio, subtitles or a second video stream: drain it so it cannot stall
-                // the demuxer.
-                if let Some(pipeline) = pipeline_weak.upgrade() {
-                    if let Ok(sink) = gst::ElementFactory::make("fakesink")
-                        .property("sync", false)
-                        .property("async", false)
-                        .build()
-                    {
-                        if pipeline.add(&sink).is_ok() {
-                            let _ = sink.sync_state_with_parent();
-                            if let Some(sinkpad) = sink.static_pad("sink") {
-                                let _ = pad.link(&sinkpad);
-                            }
-                        }
-                    }
-                }
-            });
-        }
-        {
-            let video_linked = video_linked.clone();
-            src.connect_no_more_pads(move |src| {
-                if !video_linked.load(Ordering::SeqCst) {
-                    gst::element_error!(
-                        src,
-                        gst::StreamError::WrongType,
-                        ("no video stream found")
-                    );
-                }
-            });
-        }
-
+        let (pipeline, appsink) = build(source, &stream, format).map_err(open_err)?;
         let bus = pipeline.bus().expect("a pipeline has a bus");
-        pipeline
+        let paused = pipeline
             .set_state(gst::State::Paused)
             .map_err(|_| open_err(first_error(&bus).unwrap_or_else(|| "cannot start".into())))?;
-        // Preroll: the first frame is decoded (or the pipeline fails) before we go on.
-        loop {
-            let msg = bus.timed_pop_filtered(
-                gst::ClockTime::from_seconds(30),
-                &[
-                    gst::MessageType::AsyncDone,
-                    gst::MessageType::Error,
-                    gst::MessageType::Eos,
-                ],
-            );
-            match msg.as_ref().map(|m| m.view()) {
-                Some(gst::MessageView::AsyncDone(_)) => break,
-                Some(gst::MessageView::Error(e)) => {
-                    let _ = pipeline.set_state(gst::State::Null);
-                    return Err(open_err(describe_error(e)));
-                }
-                Some(gst::MessageView::Eos(_)) => {
-                    let _ = pipeline.set_state(gst::State::Null);
-                    return Err(open_err("stream holds no video frames".into()));
-                }
-                Some(_) => continue,
-                None => {
-                    let _ = pipeline.set_state(gst::State::Null);
-                    return Err(open_err("timed out waiting for the first frame".into()));
-                }
-            }
+        let live = source.is_live() || paused == gst::StateChangeSuccess::NoPreroll;
+        if !live {
+            preroll(&pipeline, &bus).map_err(open_err)?;
         }
-
-        let (mut size, mut fps) = ((0, 0), None);
-        if let Some(caps) = appsink.static_pad("sink").and_then(|p| p.current_caps()) {
-            if let Ok(info) = gstreamer_video::VideoInfo::from_caps(&caps) {
-                size = (info.width(), info.height());
-                let fr = info.fps();
-                if fr.numer() > 0 && fr.denom() > 0 {
-                    fps = Some(fr.numer() as f64 / fr.denom() as f64);
-                }
+        let (size, fps) = negotiated(&appsink);
+        let (announced_frames, total_frames) = match source.kind() {
+            SourceKind::Uri { uri } if !live => {
+                let by_duration = match (pipeline.query_duration::<gst::ClockTime>(), fps) {
+                    (Some(d), Some(f)) => Some((d.nseconds() as f64 / 1e9 * f).round() as u64),
+                    _ => None,
+                };
+                let announced = avi_header_frames(uri).filter(|&n| n > 0);
+                (announced, announced.or(by_duration))
             }
-        }
-        let by_duration = match (pipeline.query_duration::<gst::ClockTime>(), fps) {
-            (Some(d), Some(f)) => Some((d.nseconds() as f64 / 1e9 * f).round() as u64),
-            _ => None,
+            _ => (None, None),
         };
-        let announced_frames = avi_header_frames(uri).filter(|&n| n > 0);
-        let total_frames = announced_frames.or(by_duration);
         pipeline
             .set_state(gst::State::Playing)
             .map_err(|_| open_err(first_error(&bus).unwrap_or_else(|| "cannot play".into())))?;
-        tracing::debug!(source = %redacted, ?size, ?fps, ?total_frames, "opened");
+        tracing::debug!(source = %redacted, live, ?size, ?fps, ?total_frames, "opened");
         Ok(Self {
             pipeline,
             appsink,
@@ -282,7 +195,18 @@ impl Decoder {
             announced_frames,
             fps,
             size,
+            live,
         })
+    }
+
+    /// True when the source is live: it runs at its own pace and never ends by itself.
+    pub fn is_live(&self) -> bool {
+        self.live
+    }
+
+    /// Numbers the next frame `n`: a reconnected stream goes on counting where it left off.
+    pub fn continue_numbering_at(&mut self, n: u64) {
+        self.next_number = n;
     }
 
     /// Frames expected: the container's own count where it has one, else duration × rate (an
@@ -361,6 +285,191 @@ impl Drop for Decoder {
     fn drop(&mut self) {
         let _ = self.pipeline.set_state(gst::State::Null);
     }
+}
+
+/// The pipeline `source ! videoconvert ! video/x-raw,format=F ! appsink`.
+fn build(
+    source: &Source,
+    stream: &str,
+    format: PixelFormat,
+) -> Result<(gst::Pipeline, gst_app::AppSink), String> {
+    let caps = gst::Caps::builder("video/x-raw")
+        .field("format", format.caps_name())
+        .build();
+    // A live source must never wait on us: the supervisor pulls every frame as it comes and
+    // keeps the newest, and the appsink drops only if that thread is held up.
+    let live = source.is_live();
+    let appsink = gst_app::AppSink::builder()
+        .name("edgesight_sink")
+        .caps(&caps)
+        .sync(false)
+        .max_buffers(4)
+        .drop(live)
+        .build();
+    let pipeline = match source.launch_head().map_err(|e| e.to_string())? {
+        Some(head) => from_description(&head, &appsink)?,
+        None => with_uridecodebin(source, &appsink)?,
+    };
+    let _ = pipeline.set_property("name", format!("ingest-{stream}"));
+    crate::sched::background_streaming_threads(&pipeline);
+    Ok((pipeline, appsink))
+}
+
+/// `HEAD ! videoconvert ! appsink` from a launch description.
+fn from_description(head: &str, appsink: &gst_app::AppSink) -> Result<gst::Pipeline, String> {
+    let bin = gst::parse::bin_from_description(&format!("{head} ! videoconvert"), true)
+        .map_err(|e| format!("the GStreamer description does not parse: {e}"))?;
+    let pipeline = gst::Pipeline::new();
+    pipeline
+        .add_many([bin.upcast_ref::<gst::Element>(), appsink.upcast_ref()])
+        .map_err(|e| e.to_string())?;
+    bin.link(appsink)
+        .map_err(|e| format!("the description's output cannot feed the appsink: {e}"))?;
+    Ok(pipeline)
+}
+
+/// `uridecodebin ! videoconvert ! appsink`, for files, http and RTSP. rtspsrc is configured as
+/// uridecodebin creates it: latency, transport and credentials, which never enter the URI.
+fn with_uridecodebin(source: &Source, appsink: &gst_app::AppSink) -> Result<gst::Pipeline, String> {
+    let (uri, rtsp) = match source.kind() {
+        SourceKind::Uri { uri } => (uri.clone(), None),
+        SourceKind::Rtsp {
+            location,
+            credentials,
+        } => (
+            location.clone(),
+            Some((source.options().clone(), credentials.clone())),
+        ),
+        _ => unreachable!("launch_head covers the other kinds"),
+    };
+    let make = |factory: &str| {
+        gst::ElementFactory::make(factory)
+            .build()
+            .map_err(|e| format!("missing GStreamer element {factory}: {e}"))
+    };
+    let pipeline = gst::Pipeline::new();
+    let src = gst::ElementFactory::make("uridecodebin")
+        .property("uri", uri)
+        .build()
+        .map_err(|e| format!("missing GStreamer element uridecodebin: {e}"))?;
+    if let Some((opts, credentials)) = rtsp {
+        src.connect("source-setup", false, move |args| {
+            if let Some(rtspsrc) = args.get(1).and_then(|v| v.get::<gst::Element>().ok()) {
+                configure_rtspsrc(&rtspsrc, &opts, credentials.as_ref());
+            }
+            None
+        });
+    }
+    let convert = make("videoconvert")?;
+    pipeline
+        .add_many([&src, &convert, appsink.upcast_ref()])
+        .map_err(|e| e.to_string())?;
+    convert.link(appsink).map_err(|e| e.to_string())?;
+    link_first_video_pad(&src, &convert, &pipeline);
+    Ok(pipeline)
+}
+
+fn configure_rtspsrc(
+    rtspsrc: &gst::Element,
+    o: &SourceOptions,
+    credentials: Option<&(String, crate::source::Secret)>,
+) {
+    rtspsrc.set_property("latency", o.latency_ms);
+    rtspsrc.set_property_from_str("protocols", o.transport.protocols());
+    if let Some((user, password)) = credentials {
+        rtspsrc.set_property("user-id", user);
+        rtspsrc.set_property("user-pw", &password.0);
+    }
+    // A server that answers nothing must not hold the stream for rtspsrc's own 20 s: the
+    // supervisor's stall timer decides.
+    rtspsrc.set_property("tcp-timeout", 5_000_000u64);
+}
+
+/// Links uridecodebin's first video pad to `convert`; audio, subtitles and further video pads
+/// go to fakesinks so that they cannot stall the demuxer. No video at all is an error.
+fn link_first_video_pad(src: &gst::Element, convert: &gst::Element, pipeline: &gst::Pipeline) {
+    let video_linked = Arc::new(AtomicBool::new(false));
+    {
+        let convert = convert.clone();
+        let pipeline_weak = pipeline.downgrade();
+        let video_linked = video_linked.clone();
+        src.connect_pad_added(move |_, pad| {
+            let is_video = pad
+                .current_caps()
+                .or_else(|| Some(pad.query_caps(None)))
+                .and_then(|c| c.structure(0).map(|s| s.name().starts_with("video/")))
+                .unwrap_or(false);
+            if is_video && !video_linked.load(Ordering::SeqCst) {
+                if let Some(sink) = convert.static_pad("sink") {
+                    if pad.link(&sink).is_ok() {
+                        video_linked.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            }
+            if let Some(pipeline) = pipeline_weak.upgrade() {
+                drain_pad(&pipeline, pad);
+            }
+        });
+    }
+    src.connect_no_more_pads(move |src| {
+        if !video_linked.load(Ordering::SeqCst) {
+            gst::element_error!(src, gst::StreamError::WrongType, ("no video stream found"));
+        }
+    });
+}
+
+fn drain_pad(pipeline: &gst::Pipeline, pad: &gst::Pad) {
+    if let Ok(sink) = gst::ElementFactory::make("fakesink")
+        .property("sync", false)
+        .property("async", false)
+        .build()
+    {
+        if pipeline.add(&sink).is_ok() {
+            let _ = sink.sync_state_with_parent();
+            if let Some(sinkpad) = sink.static_pad("sink") {
+                let _ = pad.link(&sinkpad);
+            }
+        }
+    }
+}
+
+/// Waits until the first frame has prerolled, or the pipeline fails or ends.
+fn preroll(pipeline: &gst::Pipeline, bus: &gst::Bus) -> Result<(), String> {
+    let fail = |reason: String| {
+        let _ = pipeline.set_state(gst::State::Null);
+        Err(reason)
+    };
+    loop {
+        let msg = bus.timed_pop_filtered(
+            gst::ClockTime::from_seconds(30),
+            &[
+                gst::MessageType::AsyncDone,
+                gst::MessageType::Error,
+                gst::MessageType::Eos,
+            ],
+        );
+        match msg.as_ref().map(|m| m.view()) {
+            Some(gst::MessageView::AsyncDone(_)) => return Ok(()),
+            Some(gst::MessageView::Error(e)) => return fail(describe_error(e)),
+            Some(gst::MessageView::Eos(_)) => return fail("stream holds no video frames".into()),
+            Some(_) => continue,
+            None => return fail("timed out waiting for the first frame".into()),
+        }
+    }
+}
+
+/// The appsink's negotiated size and rate, once known.
+fn negotiated(appsink: &gst_app::AppSink) -> ((u32, u32), Option<f64>) {
+    let Some(caps) = appsink.static_pad("sink").and_then(|p| p.current_caps()) else {
+        return ((0, 0), None);
+    };
+    let Ok(info) = gstreamer_video::VideoInfo::from_caps(&caps) else {
+        return ((0, 0), None);
+    };
+    let fr = info.fps();
+    let fps = (fr.numer() > 0 && fr.denom() > 0).then(|| fr.numer() as f64 / fr.denom() as f64);
+    ((info.width(), info.height()), fps)
 }
 
 /// Frames a whole file may come up short of its announced count: durations are rounded, and

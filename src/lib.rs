@@ -18,5 +18,6 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod sched;
 pub mod sinks;
+pub mod source;
 pub mod stats;
 pub mod tensor;

@@ -24,6 +24,19 @@ pub struct AnnotatedVideo {
     fps: f64,
     running: Option<Running>,
     scratch_frames: u64,
+    /// A live stream's video is cut into segments, stamped by the wall clock.
+    segments: Option<Segments>,
+}
+
+/// A live stream never ends by itself: its video goes to `annotated-NNNN.mp4` files of
+/// `length` each, so that a crash loses at most the segment being written and a months-long
+/// run writes no endless file. Timestamps come from the wall clock, since a reconnected
+/// source starts its own from zero again.
+struct Segments {
+    dir: PathBuf,
+    length: std::time::Duration,
+    index: u32,
+    started: Option<std::time::Instant>,
 }
 
 struct Running {
@@ -54,7 +67,58 @@ impl AnnotatedVideo {
             fps: fps.filter(|f| *f > 0.0).unwrap_or(25.0),
             running: None,
             scratch_frames: 0,
+            segments: None,
         })
+    }
+
+    /// The file name of segment `i` of a live stream's video.
+    pub fn segment_name(i: u32) -> String {
+        format!("annotated-{i:04}.mp4")
+    }
+
+    /// A live stream's video in `dir`, cut every `length`.
+    pub fn segmented(dir: &Path, length: std::time::Duration) -> Result<Self, SinkError> {
+        let mut v = Self::create(&dir.join(Self::segment_name(0)), None)?;
+        v.segments = Some(Segments {
+            dir: dir.to_path_buf(),
+            length: length.max(std::time::Duration::from_secs(1)),
+            index: 0,
+            started: None,
+        });
+        Ok(v)
+    }
+
+    /// Finalizes the current segment and moves on to the next file when it is due.
+    fn roll_segment(&mut self) -> Result<(), SinkError> {
+        let Some(seg) = &mut self.segments else {
+            return Ok(());
+        };
+        let due = seg.started.is_some_and(|t| t.elapsed() >= seg.length);
+        if !due {
+            return Ok(());
+        }
+        seg.index += 1;
+        seg.started = None;
+        let next = seg.dir.join(Self::segment_name(seg.index));
+        if let Some(r) = self.running.take() {
+            self.finalize(&r)?;
+        }
+        self.path = next;
+        self.scratch_frames = 0;
+        Ok(())
+    }
+
+    /// The timestamp of the next frame: the source's own for a file, the wall clock since the
+    /// segment began for a live stream.
+    fn next_pts(&mut self, frame: &Frame, dur: gst::ClockTime) -> gst::ClockTime {
+        match &mut self.segments {
+            Some(seg) => {
+                let started = *seg.started.get_or_insert_with(std::time::Instant::now);
+                gst::ClockTime::from_nseconds(started.elapsed().as_nanos() as u64)
+            }
+            // Sources without timestamps (a still image) get a steady clock from the rate.
+            None => frame.pts.unwrap_or(dur * self.scratch_frames),
+        }
     }
 
     fn err(&self, reason: impl ToString) -> SinkError {
@@ -182,7 +246,11 @@ impl AnnotatedVideo {
 
 impl Sink for AnnotatedVideo {
     fn write(&mut self, frame: &Frame, dets: &[Detection]) -> Result<(), SinkError> {
+        self.roll_segment()?;
         if self.running.is_none() {
+            if let Some(f) = frame.fps().filter(|f| *f > 0.0) {
+                self.fps = f;
+            }
             self.running = Some(self.start(frame)?);
         }
         let running = self.running.as_ref().expect("started above");
@@ -199,11 +267,10 @@ impl Sink for AnnotatedVideo {
         }
         let data = annotated_copy(frame, info, &running.matrix, dets).map_err(|e| self.err(e))?;
         let mut buffer = gst::Buffer::from_mut_slice(data);
+        let dur = gst::ClockTime::from_nseconds((1e9 / self.fps) as u64);
+        let pts = self.next_pts(frame, dur);
         {
             let b = buffer.get_mut().expect("a new buffer is writable");
-            let dur = gst::ClockTime::from_nseconds((1e9 / self.fps) as u64);
-            // Sources without timestamps (a still image) get a steady clock from the rate.
-            let pts = frame.pts.unwrap_or(dur * self.scratch_frames);
             b.set_pts(pts);
             b.set_duration(dur);
         }
@@ -215,6 +282,13 @@ impl Sink for AnnotatedVideo {
         let Some(r) = &self.running else {
             return Ok(()); // no frame: nothing to encode
         };
+        self.finalize(r)
+    }
+}
+
+impl AnnotatedVideo {
+    /// Sends EOS and waits until mp4mux has written its index: only then does the file play.
+    fn finalize(&self, r: &Running) -> Result<(), SinkError> {
         let _ = r.appsrc.end_of_stream();
         let bus = r.pipeline.bus().expect("a pipeline has a bus");
         let result = match bus

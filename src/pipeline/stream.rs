@@ -1,0 +1,446 @@
+//! One stream's own threads: its supervisor (ingest), its preprocessing and its sinks.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use super::batch::{Prepared, Route, Routes, Work};
+use super::runner::StreamSpec;
+use super::status::{Observer, StatusBoard, StreamState};
+use super::supervisor::{Ingest, Outlet};
+use super::{
+    Decoded, Detected, OutputPaths, PipelineError, Progress, StreamKey, StreamShared, Summary,
+};
+use crate::ingest::IngestError;
+use crate::models::Detector;
+use crate::preprocess::Preprocessor;
+use crate::sinks::{events::EventRecord, events::JsonlSink, video::AnnotatedVideo, Sink};
+use crate::stats::{rss_mib, Latency};
+
+/// What the summary names besides the counts.
+struct Meta {
+    source: String,
+    model: String,
+    model_file: PathBuf,
+    provider: String,
+    outputs: OutputPaths,
+}
+
+pub(crate) struct RunningStream {
+    pub name: String,
+    pub model_key: String,
+    shared: Arc<StreamShared>,
+    board: Arc<StatusBoard>,
+    ingest: JoinHandle<Result<(), PipelineError>>,
+    preprocess: JoinHandle<Result<(), PipelineError>>,
+    sinks: JoinHandle<Result<SinkTally, PipelineError>>,
+    meta: Meta,
+    started: Instant,
+}
+
+/// How a stream ended: its summary (also written to its `summary.json`), or why it could not
+/// give one.
+pub struct StreamOutcome {
+    pub name: String,
+    pub result: Result<Summary, PipelineError>,
+}
+
+pub(crate) struct StreamWiring {
+    pub key: StreamKey,
+    pub model_key: String,
+    pub provider: String,
+    pub detector: Arc<dyn Detector>,
+    pub stage: Sender<Work>,
+    pub routes: Arc<Routes>,
+    pub board: Arc<StatusBoard>,
+    pub depth: usize,
+    pub progress: Option<Sender<Progress>>,
+}
+
+impl RunningStream {
+    pub fn start(spec: StreamSpec, w: StreamWiring) -> Result<Self, PipelineError> {
+        let live = spec.source.is_live();
+        let shared = Arc::new(StreamShared {
+            key: w.key,
+            name: spec.name.clone().into(),
+            live,
+            stop: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+            expected: Mutex::new(None),
+            error: Mutex::new(None),
+        });
+        let (sinks, outputs) = open_sinks(&spec)?;
+        let meta = Meta {
+            source: spec.source.display().to_string(),
+            model: spec.model.name.clone(),
+            model_file: spec.model.file.clone(),
+            provider: w.provider.clone(),
+            outputs,
+        };
+        // A live stream holds one frame between stages; the newest replaces it.
+        let (q_tx, q_rx) = bounded::<Decoded>(if live { 1 } else { w.depth.max(1) });
+        let (s_tx, s_rx) = bounded::<Detected>(w.depth.max(1));
+        w.routes.add(
+            w.key,
+            Route {
+                tx: s_tx,
+                shared: shared.clone(),
+            },
+        );
+        let outlet = if live {
+            Outlet::Latest {
+                tx: q_tx,
+                rx: q_rx.clone(),
+            }
+        } else {
+            Outlet::Blocking(q_tx)
+        };
+        let ingest = Ingest {
+            source: spec.source.clone(),
+            shared: shared.clone(),
+            board: w.board.clone(),
+            outlet,
+            max_frames: spec.max_frames,
+            live: spec.live.clone(),
+        };
+        let started = Instant::now();
+        let ingest = spawn("ingest", move || ingest.run());
+        let (detector, stage, key) = (w.detector.clone(), w.stage, w.key);
+        let name = shared.name.clone();
+        let preprocess = spawn("preprocess", move || {
+            preprocess_stage(detector.as_ref(), &name, key, q_rx, stage)
+        });
+        let sink_ctx = SinkCtx {
+            shared: shared.clone(),
+            observers: w.board.observers().to_vec(),
+            progress: w.progress,
+            started,
+        };
+        let sinks = spawn("sinks", move || sink_stage(sinks, s_rx, sink_ctx));
+        Ok(Self {
+            name: spec.name,
+            model_key: w.model_key,
+            shared,
+            board: w.board,
+            ingest,
+            preprocess,
+            sinks,
+            meta,
+            started,
+        })
+    }
+
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// All its threads are done: joining will not wait.
+    pub fn is_done(&self) -> bool {
+        self.sinks.is_finished() && self.ingest.is_finished() && self.preprocess.is_finished()
+    }
+
+    pub fn join(self) -> StreamOutcome {
+        let RunningStream {
+            name,
+            shared,
+            board,
+            ingest,
+            preprocess,
+            sinks,
+            meta,
+            started,
+            ..
+        } = self;
+        let ingest = join(ingest);
+        let preprocess = join(preprocess);
+        let sinks = join(sinks);
+        let shared_error = shared
+            .error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let result = (|| {
+            preprocess?;
+            if let Some(e) = shared_error {
+                return Err(e);
+            }
+            let tally = sinks?;
+            let stream_error = match ingest {
+                Ok(()) => None,
+                // The frames before the damage went through; report it, keep the results.
+                Err(PipelineError::Ingest(e @ IngestError::Stream { .. })) if tally.frames > 0 => {
+                    tracing::warn!(stream = %name, error = %e, "stream ended early");
+                    Some(e.to_string())
+                }
+                Err(e) => return Err(e),
+            };
+            Ok(summary(&meta, &shared, started, tally, stream_error))
+        })();
+        let final_state = match (&result, board.get(&name)) {
+            (Err(_), _) => StreamState::Failed,
+            (Ok(_), Some(s)) if s.state == StreamState::Failed => StreamState::Failed,
+            _ if shared.stop.load(Ordering::SeqCst) => StreamState::Stopped,
+            _ => StreamState::Finished,
+        };
+        let reason = result.as_ref().err().map(|e| e.to_string());
+        board.set_state(&name, final_state, reason);
+        let status = board.get(&name);
+        let result = result.and_then(|mut s| {
+            s.state = final_state;
+            s.reason = status.as_ref().and_then(|st| st.reason.clone());
+            s.reconnects = status.as_ref().map(|st| st.reconnects).unwrap_or(0);
+            s.dropped_frames += status.as_ref().map(|st| st.dropped).unwrap_or(0);
+            s.write(&s.outputs.summary)?;
+            Ok(s)
+        });
+        StreamOutcome { name, result }
+    }
+}
+
+fn summary(
+    m: &Meta,
+    shared: &StreamShared,
+    started: Instant,
+    tally: SinkTally,
+    stream_error: Option<String>,
+) -> Summary {
+    let wall = started.elapsed().as_secs_f64();
+    Summary {
+        source: m.source.clone(),
+        stream: shared.name.to_string(),
+        model: m.model.clone(),
+        model_file: m.model_file.clone(),
+        provider: m.provider.clone(),
+        frames: tally.frames,
+        expected_frames: *shared.expected.lock().unwrap_or_else(|e| e.into_inner()),
+        wall_s: wall,
+        fps: if wall > 0.0 {
+            tally.frames as f64 / wall
+        } else {
+            0.0
+        },
+        detections: tally.total_dets,
+        detections_by_label: tally.by_label,
+        latency: tally
+            .lat
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.percentiles()))
+            .collect(),
+        peak_rss_mib: rss_mib().1,
+        interrupted: shared.stop.load(Ordering::SeqCst),
+        stream_error,
+        dropped_frames: shared.dropped.load(Ordering::Relaxed),
+        state: StreamState::Finished,
+        reason: None,
+        reconnects: 0,
+        outputs: m.outputs.clone(),
+    }
+}
+
+fn spawn<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .expect("the OS can start a thread")
+}
+
+fn join<T>(h: JoinHandle<Result<T, PipelineError>>) -> Result<T, PipelineError> {
+    h.join().unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Err(PipelineError::Panic(msg))
+    })
+}
+
+/// Creates the output folder and the stream's sinks, so that an unwritable folder fails before
+/// anything starts.
+fn open_sinks(spec: &StreamSpec) -> Result<(Vec<Box<dyn Sink>>, OutputPaths), PipelineError> {
+    std::fs::create_dir_all(&spec.out_dir).map_err(|e| PipelineError::OutDir {
+        path: spec.out_dir.clone(),
+        reason: e.to_string(),
+    })?;
+    let live = spec.source.is_live();
+    let outputs = OutputPaths {
+        events: spec.write_events.then(|| spec.out_dir.join("events.jsonl")),
+        video: spec.write_video.then(|| {
+            spec.out_dir.join(if live {
+                AnnotatedVideo::segment_name(0)
+            } else {
+                "annotated.mp4".into()
+            })
+        }),
+        summary: spec.out_dir.join("summary.json"),
+    };
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if let Some(p) = &outputs.events {
+        sinks.push(Box::new(JsonlSink::create(p)?));
+    }
+    if spec.write_video {
+        sinks.push(Box::new(if live {
+            AnnotatedVideo::segmented(&spec.out_dir, spec.segment)?
+        } else {
+            AnnotatedVideo::create(outputs.video.as_ref().expect("set above"), None)?
+        }));
+    }
+    Ok((sinks, outputs))
+}
+
+fn preprocess_stage(
+    detector: &dyn Detector,
+    name: &str,
+    key: StreamKey,
+    rx: Receiver<Decoded>,
+    tx: Sender<Work>,
+) -> Result<(), PipelineError> {
+    crate::sched::background();
+    let mut pre = Preprocessor::new(detector.preprocess().clone());
+    let mut result = Ok(());
+    for mut d in rx {
+        let t = Instant::now();
+        match pre.run(d.frame.pixels()) {
+            Ok((tensor, transform)) => {
+                d.times.preprocess = t.elapsed();
+                let p = Prepared {
+                    d,
+                    tensor,
+                    transform,
+                };
+                if tx.send(Work::Frame(p)).is_err() {
+                    break;
+                }
+            }
+            Err(err) => {
+                result = Err(PipelineError::Preprocess {
+                    stream: name.to_string(),
+                    err,
+                });
+                break;
+            }
+        }
+    }
+    // After the last frame, so that the sinks finish only once every frame has passed.
+    let _ = tx.send(Work::End(key));
+    result
+}
+
+/// What the sinks saw: per-stage latencies and detection counts.
+#[derive(Default)]
+struct SinkTally {
+    lat: BTreeMap<&'static str, Latency>,
+    by_label: BTreeMap<String, u64>,
+    frames: u64,
+    total_dets: u64,
+}
+
+struct SinkCtx {
+    shared: Arc<StreamShared>,
+    observers: Vec<Arc<dyn Observer>>,
+    progress: Option<Sender<Progress>>,
+    started: Instant,
+}
+
+fn sink_stage(
+    mut sinks: Vec<Box<dyn Sink>>,
+    rx: Receiver<Detected>,
+    ctx: SinkCtx,
+) -> Result<SinkTally, PipelineError> {
+    crate::sched::background();
+    let mut tally = SinkTally::default();
+    let mut result: Result<(), PipelineError> = Ok(());
+    let expected = || {
+        *ctx.shared
+            .expected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    };
+    for det in rx.iter() {
+        let t = Instant::now();
+        for sink in sinks.iter_mut() {
+            if let Err(e) = sink.write(&det.d.frame, &det.detections) {
+                result = Err(e.into());
+            }
+        }
+        if result.is_err() {
+            ctx.shared.stop.store(true, Ordering::SeqCst);
+            break;
+        }
+        tally.record(&det, t.elapsed());
+        observe(&ctx, &det);
+        if let Some(p) = &ctx.progress {
+            let _ = p.send(Progress {
+                frames: tally.frames,
+                total: expected(),
+                elapsed: ctx.started.elapsed(),
+            });
+        }
+    }
+    drop(rx);
+    // Finalize every sink even if one failed, so each file is as complete as it can be.
+    for sink in sinks {
+        let r = sink.finish();
+        if result.is_ok() {
+            result = r.map_err(Into::into);
+        }
+    }
+    result.map(|()| tally)
+}
+
+impl SinkTally {
+    fn record(&mut self, det: &Detected, sink: Duration) {
+        let times = det.d.times;
+        for (name, d) in [
+            ("decode", times.decode),
+            ("preprocess", times.preprocess),
+            ("infer", times.infer),
+            ("postprocess", times.postprocess),
+            ("sink", sink),
+            ("end_to_end", det.d.born.elapsed()),
+        ] {
+            self.lat.entry(name).or_default().record(d);
+        }
+        for d in &det.detections {
+            *self.by_label.entry(d.label.clone()).or_default() += 1;
+        }
+        self.total_dets += det.detections.len() as u64;
+        self.frames += 1;
+    }
+}
+
+/// Tells the observers (metrics, MQTT) about a frame that reached the sinks.
+fn observe(ctx: &SinkCtx, det: &Detected) {
+    if ctx.observers.is_empty() {
+        return;
+    }
+    let f = &det.d.frame;
+    let record = EventRecord {
+        stream: &f.stream,
+        frame: f.number,
+        pts_ns: f.pts.map(|p| p.nseconds()),
+        width: f.width(),
+        height: f.height(),
+        detections: &det.detections,
+    };
+    let json = serde_json::to_vec(&record).unwrap_or_default();
+    let age = det.d.born.elapsed();
+    let t = det.d.times;
+    for o in &ctx.observers {
+        o.frame(&ctx.shared.name, "sink");
+        o.capture_to_event(&ctx.shared.name, age);
+        for (stage, d) in [
+            ("preprocess", t.preprocess),
+            ("infer", t.infer),
+            ("postprocess", t.postprocess),
+        ] {
+            o.latency(stage, d);
+        }
+        o.event(&ctx.shared.name, &json);
+    }
+}
