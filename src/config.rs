@@ -23,7 +23,8 @@ use serde::Deserialize;
 
 use crate::engine::EngineConfig;
 use crate::models::{manifest::ManifestError, Manifest};
-use crate::pipeline::RunSpec;
+use crate::pipeline::{BatchSettings, LiveSettings, RunSpec};
+use crate::source::SourceOptions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -40,15 +41,31 @@ pub const DEFAULT_MODEL: &str = "ssd-mobilenet-v2";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineFile {
-    pub source: SourceSection,
+    /// One stream (the older form); or use `[[streams]]`.
+    pub source: Option<SourceSection>,
+    /// Many streams, each with its own name, source settings, model and outputs.
+    #[serde(default)]
+    pub streams: Vec<StreamSection>,
+    /// The model of every stream that names none.
     #[serde(default)]
     pub model: ModelSection,
     #[serde(default)]
     pub engine: EngineConfig,
+    /// Outputs of every stream; a stream's `dir` defaults to `<output.dir>/<name>`.
     #[serde(default)]
     pub output: OutputSection,
     #[serde(default)]
     pub queues: QueueSection,
+    #[serde(default)]
+    pub batch: BatchSettings,
+    /// How live streams are watched and reconnected; a stream may override it.
+    #[serde(default)]
+    pub live: LiveSettings,
+    pub metrics: Option<MetricsSection>,
+    pub mqtt: Option<crate::mqtt::MqttConfig>,
+    /// Where the file was read from, for errors.
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -60,7 +77,44 @@ pub struct SourceSection {
     pub max_frames: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// One `[[streams]]` entry.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSection {
+    pub name: String,
+    pub uri: String,
+    pub max_frames: Option<u64>,
+    /// RTSP latency, transport, credentials; camera mode.
+    #[serde(default)]
+    pub source: SourceOptions,
+    pub model: Option<ModelSection>,
+    pub output: Option<StreamOutput>,
+    pub live: Option<LiveSettings>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StreamOutput {
+    pub dir: Option<PathBuf>,
+    pub video: Option<bool>,
+    pub events: Option<bool>,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_metrics_addr")]
+    pub addr: std::net::SocketAddr,
+}
+
+fn default_metrics_addr() -> std::net::SocketAddr {
+    crate::metrics::DEFAULT_ADDR
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
     /// A manifest name in `models/` or a path to a manifest.
@@ -80,6 +134,13 @@ pub struct OutputSection {
     pub video: bool,
     #[serde(default = "yes")]
     pub events: bool,
+    /// A live stream's annotated video is cut into files of this many seconds.
+    #[serde(default = "default_segment")]
+    pub segment_s: f64,
+}
+
+fn default_segment() -> f64 {
+    600.0
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -105,6 +166,7 @@ impl Default for OutputSection {
             dir: default_out(),
             video: true,
             events: true,
+            segment_s: default_segment(),
         }
     }
 }
@@ -143,31 +205,149 @@ impl PipelineFile {
             )
             .build()
             .map_err(|e| invalid(strip_origin(&e.to_string(), path)))?
-            .try_deserialize()
+            .try_deserialize::<Self>()
+            .map(|mut f| {
+                f.path = Some(path.to_path_buf());
+                f
+            })
             .map_err(|e| invalid(strip_origin(&e.to_string(), path)))
     }
 
-    /// Resolves the model manifest and applies the file's overrides.
+    /// The single stream of a file with a `[source]` section; an error naming the file when it
+    /// has none, or has `[[streams]]` too.
     pub fn to_run_spec(&self) -> Result<RunSpec, ConfigError> {
-        let name = self.model.name.as_deref().unwrap_or(DEFAULT_MODEL);
-        let mut model = Manifest::find(name)?;
-        if let Some(f) = &self.model.file {
-            model.file = f.clone();
+        let source = match (&self.source, self.streams.is_empty()) {
+            (Some(s), true) => s,
+            (Some(_), false) => {
+                return Err(self.invalid("give either [source] or [[streams]], not both"))
+            }
+            (None, _) => {
+                return Err(self.invalid(
+                    "no [source] section (or several [[streams]]: run them as a service)",
+                ))
+            }
+        };
+        let mut spec = RunSpec::new(
+            source.uri.clone(),
+            self.model.manifest(None)?,
+            self.output.dir.clone(),
+        );
+        spec.stream_name = source.name.clone();
+        spec.max_frames = source.max_frames;
+        self.apply_common(&mut spec);
+        Ok(spec)
+    }
+
+    /// Every stream of the file, resolved, in file order: `[[streams]]`, or the one `[source]`.
+    /// A duplicate name, a bad URI or a missing model is an error naming the stream.
+    pub fn stream_specs(&self) -> Result<Vec<(String, RunSpec)>, ConfigError> {
+        if self.streams.is_empty() {
+            let spec = self.to_run_spec()?;
+            let name = spec.stream_name.clone().unwrap_or_default();
+            return Ok(vec![(name, spec)]);
         }
-        if let Some(s) = self.model.score_threshold {
-            model.score_threshold = s;
+        if self.source.is_some() {
+            return Err(self.invalid("give either [source] or [[streams]], not both"));
         }
-        if let Some(s) = self.model.iou_threshold {
-            model.iou_threshold = s;
+        let mut seen = std::collections::BTreeSet::new();
+        let mut out = Vec::new();
+        for s in &self.streams {
+            let bad = |reason: String| self.invalid(&format!("stream {}: {reason}", s.name));
+            if s.name.is_empty()
+                || !s
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(bad("a name is letters, digits, '-', '_' or '.'".into()));
+            }
+            if !seen.insert(s.name.clone()) {
+                return Err(bad("a second stream has this name".into()));
+            }
+            let model = self
+                .model
+                .manifest(s.model.as_ref())
+                .map_err(|e| bad(e.to_string()))?;
+            let out_cfg = s.output.clone().unwrap_or_default();
+            let dir = out_cfg.dir.unwrap_or_else(|| self.output.dir.join(&s.name));
+            let mut spec = RunSpec::new(s.uri.clone(), model, dir);
+            spec.stream_name = Some(s.name.clone());
+            spec.max_frames = s.max_frames;
+            spec.source = s.source.clone();
+            self.apply_common(&mut spec);
+            spec.write_video = out_cfg.video.unwrap_or(self.output.video);
+            spec.write_events = out_cfg.events.unwrap_or(self.output.events);
+            if let Some(l) = &s.live {
+                spec.live = l.clone();
+            }
+            out.push((s.name.clone(), spec));
         }
-        let mut spec = RunSpec::new(self.source.uri.clone(), model, self.output.dir.clone());
-        spec.stream_name = self.source.name.clone();
-        spec.max_frames = self.source.max_frames;
+        Ok(out)
+    }
+
+    /// A fingerprint of each stream's settings, secrets included, that a reload compares.
+    pub fn stream_fingerprints(&self) -> std::collections::BTreeMap<String, String> {
+        use sha2::Digest;
+        self.streams
+            .iter()
+            .map(|s| {
+                let secret = s
+                    .source
+                    .password
+                    .as_ref()
+                    .map(|p| p.0.clone())
+                    .unwrap_or_default();
+                let text = format!(
+                    "{s:?}|{secret}|{:?}|{:?}|{:?}",
+                    self.model, self.output, self.live
+                );
+                (
+                    s.name.clone(),
+                    format!("{:x}", sha2::Sha256::digest(text.as_bytes())),
+                )
+            })
+            .collect()
+    }
+
+    fn apply_common(&self, spec: &mut RunSpec) {
         spec.engine = self.engine.clone();
         spec.write_video = self.output.video;
         spec.write_events = self.output.events;
         spec.queue_depth = self.queues.depth;
-        Ok(spec)
+        spec.live = self.live.clone();
+        spec.segment = std::time::Duration::from_secs_f64(self.output.segment_s.max(1.0));
+    }
+
+    fn invalid(&self, reason: &str) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.clone().unwrap_or_default(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl ModelSection {
+    /// The manifest this section names (or `stream`'s, field by field), with its overrides.
+    fn manifest(&self, stream: Option<&ModelSection>) -> Result<Manifest, ConfigError> {
+        let pick = |f: fn(&ModelSection) -> Option<String>| stream.and_then(f).or_else(|| f(self));
+        let name = pick(|m| m.name.clone()).unwrap_or_else(|| DEFAULT_MODEL.to_string());
+        let mut model = Manifest::find(&name)?;
+        if let Some(f) = stream
+            .and_then(|m| m.file.clone())
+            .or_else(|| self.file.clone())
+        {
+            model.file = f;
+        }
+        if let Some(s) = stream
+            .and_then(|m| m.score_threshold)
+            .or(self.score_threshold)
+        {
+            model.score_threshold = s;
+        }
+        if let Some(s) = stream.and_then(|m| m.iou_threshold).or(self.iou_threshold) {
+            model.iou_threshold = s;
+        }
+        Ok(model)
     }
 }
 

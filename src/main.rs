@@ -13,7 +13,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use edgesight::config::{PipelineFile, DEFAULT_MODEL};
 use edgesight::engine::Provider;
 use edgesight::models::Manifest;
-use edgesight::pipeline::{self, RunSpec, Summary};
+use edgesight::pipeline::{self, runner::RunnerSpec, RunSpec, StreamState, Summary};
+use edgesight::service::{Service, ServiceOptions};
+use edgesight::source::{RtspTransport, Source};
 
 #[derive(Parser)]
 #[command(
@@ -49,6 +51,12 @@ enum Cmd {
     /// Turn an FP32 ONNX model into an INT8 (Q/DQ) or FP16 artifact, with a report; or
     /// `optimize inspect MODEL.onnx`.
     Optimize(OptimizeArgs),
+    /// List the cameras GStreamer's device monitor sees, with their modes.
+    Devices {
+        /// Print JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -173,6 +181,28 @@ struct RunArgs {
     /// Skip the annotated video.
     #[arg(long)]
     no_video: bool,
+    /// Serve Prometheus metrics and /healthz here [default for live streams: 127.0.0.1:9090].
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
+    /// No metrics endpoint.
+    #[arg(long, conflicts_with = "metrics")]
+    no_metrics: bool,
+    /// RTSP transport: auto, tcp or udp.
+    #[arg(long, value_enum)]
+    rtsp_transport: Option<TransportArg>,
+    /// RTSP jitter-buffer latency in milliseconds [default: 200].
+    #[arg(long)]
+    latency_ms: Option<u32>,
+    /// A live stream gives up after this many failed connections in a row [default: never].
+    #[arg(long)]
+    max_attempts: Option<u32>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TransportArg {
+    Auto,
+    Tcp,
+    Udp,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -251,7 +281,87 @@ impl RunArgs {
         if self.no_video {
             spec.write_video = false;
         }
+        self.apply_live(&mut spec);
         Ok(spec)
+    }
+
+    fn apply_live(&self, spec: &mut RunSpec) {
+        if let Some(t) = self.rtsp_transport {
+            spec.source.transport = match t {
+                TransportArg::Auto => RtspTransport::Auto,
+                TransportArg::Tcp => RtspTransport::Tcp,
+                TransportArg::Udp => RtspTransport::Udp,
+            };
+        }
+        if let Some(l) = self.latency_ms {
+            spec.source.latency_ms = l;
+        }
+        if self.max_attempts.is_some() {
+            spec.live.max_attempts = self.max_attempts;
+        }
+    }
+
+    /// The service's options when this run is one: a pipeline file with `[[streams]]`, a live
+    /// source, or an explicit `--metrics`. `None` for a plain file run.
+    fn service(&self) -> Result<Option<ServiceOptions>> {
+        if let Some(p) = &self.pipeline {
+            let file = PipelineFile::load(p)?;
+            if !file.streams.is_empty() {
+                let mut opts = ServiceOptions::from_file(&file, Some(p.clone()))?;
+                for (_, spec) in opts.streams.iter_mut() {
+                    self.apply_overrides(spec);
+                }
+                self.apply_metrics(&mut opts);
+                return Ok(Some(opts));
+            }
+        }
+        let spec = self.spec()?;
+        let live = Source::parse(&spec.input, &spec.source).is_ok_and(|s| s.is_live());
+        if !live && self.metrics.is_none() {
+            return Ok(None);
+        }
+        let (_, name) = spec.resolve()?;
+        let mut opts = ServiceOptions {
+            runner: RunnerSpec {
+                engine: spec.engine.clone(),
+                queue_depth: spec.queue_depth,
+                ..RunnerSpec::default()
+            },
+            streams: vec![(name, spec)],
+            metrics: Some(edgesight::metrics::DEFAULT_ADDR),
+            mqtt: None,
+            pipeline_file: None,
+        };
+        self.apply_metrics(&mut opts);
+        Ok(Some(opts))
+    }
+
+    /// Flags that apply to every stream of a pipeline file.
+    fn apply_overrides(&self, spec: &mut RunSpec) {
+        if let Some(t) = self.threads {
+            spec.engine.threads = t;
+        }
+        if let Some(s) = self.score_threshold {
+            spec.model.score_threshold = s;
+        }
+        if self.max_frames.is_some() {
+            spec.max_frames = self.max_frames;
+        }
+        if self.no_video {
+            spec.write_video = false;
+        }
+        self.apply_live(spec);
+    }
+
+    fn apply_metrics(&self, opts: &mut ServiceOptions) {
+        if self.no_metrics {
+            opts.metrics = None;
+        } else if let Some(a) = self.metrics {
+            opts.metrics = Some(a);
+        }
+        if let Some(t) = self.threads {
+            opts.runner.engine.threads = t;
+        }
     }
 }
 
@@ -267,6 +377,9 @@ fn progress_bar() -> ProgressBar {
 }
 
 fn run(args: &RunArgs) -> Result<ExitCode> {
+    if let Some(opts) = args.service()? {
+        return serve(opts);
+    }
     let spec = args.spec()?;
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -299,6 +412,93 @@ fn run(args: &RunArgs) -> Result<ExitCode> {
             summary.frames
         );
         return Ok(ExitCode::from(130));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Live and many streams: one status line per stream until every stream has ended or Ctrl-C.
+fn serve(opts: ServiceOptions) -> Result<ExitCode> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let reload = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("cannot install the Ctrl-C handler")?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+        .context("cannot install the SIGHUP handler")?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())
+        .context("cannot install the SIGTERM handler")?;
+    let service = Service::start(opts)?;
+    if let Some(addr) = service.metrics_addr() {
+        eprintln!("metrics: http://{addr}/metrics  health: http://{addr}/healthz");
+    }
+    let bars = indicatif::MultiProgress::new();
+    let mut lines: std::collections::BTreeMap<String, ProgressBar> = Default::default();
+    let outcomes = service.run(&stop, &reload, &mut |streams| {
+        for (name, st) in streams {
+            let bar = lines.entry(name.clone()).or_insert_with(|| {
+                let b = bars.add(ProgressBar::new_spinner());
+                b.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("static"));
+                b
+            });
+            let reason = st
+                .reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default();
+            bar.set_message(format!(
+                "{name}: {} {} frames, {} dropped, {} reconnects{reason}",
+                st.state.as_str(),
+                st.frames,
+                st.dropped,
+                st.reconnects
+            ));
+            bar.tick();
+        }
+    })?;
+    for b in lines.values() {
+        b.finish_and_clear();
+    }
+    let mut failed = false;
+    for o in &outcomes {
+        match &o.result {
+            Ok(s) => print_summary(s),
+            Err(e) => {
+                failed = true;
+                eprintln!("error: stream {}: {e}", o.name);
+            }
+        }
+        if let Ok(s) = &o.result {
+            if s.state == StreamState::Failed {
+                failed = true;
+                let why = s.reason.as_deref().unwrap_or("failed");
+                eprintln!("error: stream {}: {why}", o.name);
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else if stop.load(Ordering::SeqCst) {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn devices(json: bool) -> Result<ExitCode> {
+    let cams = edgesight::devices::list()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&cams)?);
+    } else if cams.is_empty() {
+        println!("no cameras found");
+    } else {
+        for c in &cams {
+            println!("{}  {}", c.uri, c.name);
+            for m in &c.modes {
+                println!("    {m}");
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -593,6 +793,7 @@ fn main() -> ExitCode {
             json,
         } => bench(run, *engine_frames, *rounds, json.as_ref()),
         Cmd::Optimize(a) => optimize(a),
+        Cmd::Devices { json } => devices(*json),
     };
     match result {
         Ok(code) => code,
