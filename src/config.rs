@@ -63,6 +63,8 @@ pub struct PipelineFile {
     pub live: LiveSettings,
     pub metrics: Option<MetricsSection>,
     pub mqtt: Option<crate::mqtt::MqttConfig>,
+    /// Serve each stream's annotated video at `rtsp://address:port/<stream>`.
+    pub rtsp_out: Option<RtspOutSection>,
     /// Where the file was read from, for errors.
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -98,6 +100,25 @@ pub struct StreamOutput {
     pub dir: Option<PathBuf>,
     pub video: Option<bool>,
     pub events: Option<bool>,
+    /// Served over RTSP when `[rtsp_out]` is set (default true).
+    pub rtsp: Option<bool>,
+}
+
+/// `[rtsp_out]`: the RTSP server of annotated video.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtspOutSection {
+    #[serde(default = "localhost")]
+    pub address: String,
+    #[serde(default = "default_rtsp_port")]
+    pub port: u16,
+}
+
+fn localhost() -> String {
+    "127.0.0.1".into()
+}
+fn default_rtsp_port() -> u16 {
+    8554
 }
 
 /// `[metrics]`: the Prometheus endpoint.
@@ -277,6 +298,7 @@ impl PipelineFile {
             self.apply_common(&mut spec);
             spec.write_video = out_cfg.video.unwrap_or(self.output.video);
             spec.write_events = out_cfg.events.unwrap_or(self.output.events);
+            spec.rtsp_out = out_cfg.rtsp.unwrap_or(true);
             if let Some(l) = &s.live {
                 spec.live = l.clone();
             }

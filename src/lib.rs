@@ -19,6 +19,7 @@ pub mod onnx;
 pub mod optimize;
 pub mod pipeline;
 pub mod preprocess;
+pub mod rtsp;
 pub mod sched;
 pub mod service;
 pub mod sinks;

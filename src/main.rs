@@ -51,6 +51,22 @@ enum Cmd {
     /// Turn an FP32 ONNX model into an INT8 (Q/DQ) or FP16 artifact, with a report; or
     /// `optimize inspect MODEL.onnx`.
     Optimize(OptimizeArgs),
+    /// Replay a clip as an RTSP camera (H.264, real time), e.g. to try `run rtsp://…` without one.
+    RtspServe {
+        /// A video file or URI.
+        input: String,
+        #[arg(long, default_value = "127.0.0.1")]
+        address: String,
+        #[arg(long, default_value_t = 8554)]
+        port: u16,
+        #[arg(long, default_value = "/cam")]
+        mount: String,
+        /// Require this user (basic authentication); with --password.
+        #[arg(long, requires = "password")]
+        user: Option<String>,
+        #[arg(long, requires = "user")]
+        password: Option<String>,
+    },
     /// List the cameras GStreamer's device monitor sees, with their modes.
     Devices {
         /// Print JSON instead.
@@ -196,6 +212,9 @@ struct RunArgs {
     /// A live stream gives up after this many failed connections in a row [default: never].
     #[arg(long)]
     max_attempts: Option<u32>,
+    /// Serve each stream's annotated video at rtsp://127.0.0.1:PORT/<stream>.
+    #[arg(long, value_name = "PORT")]
+    rtsp_out: Option<u16>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -317,7 +336,7 @@ impl RunArgs {
         }
         let spec = self.spec()?;
         let live = Source::parse(&spec.input, &spec.source).is_ok_and(|s| s.is_live());
-        if !live && self.metrics.is_none() {
+        if !live && self.metrics.is_none() && self.rtsp_out.is_none() {
             return Ok(None);
         }
         let (_, name) = spec.resolve()?;
@@ -330,6 +349,7 @@ impl RunArgs {
             streams: vec![(name, spec)],
             metrics: Some(edgesight::metrics::DEFAULT_ADDR),
             mqtt: None,
+            rtsp_out: None,
             pipeline_file: None,
         };
         self.apply_metrics(&mut opts);
@@ -361,6 +381,14 @@ impl RunArgs {
         }
         if let Some(t) = self.threads {
             opts.runner.engine.threads = t;
+        }
+        if let Some(port) = self.rtsp_out {
+            let address = opts
+                .rtsp_out
+                .take()
+                .map(|(a, _)| a)
+                .unwrap_or_else(|| "127.0.0.1".into());
+            opts.rtsp_out = Some((address, port));
         }
     }
 }
@@ -484,6 +512,30 @@ fn serve(opts: ServiceOptions) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn rtsp_serve(
+    input: &str,
+    address: &str,
+    port: u16,
+    mount: &str,
+    credentials: Option<(&str, &str)>,
+) -> Result<ExitCode> {
+    let uri = edgesight::ingest::resolve_input(input)?;
+    let server = edgesight::rtsp::RtspServer::start(address, port)?;
+    server.serve_file(mount, &uri, credentials)?;
+    // The line a script (or a test) waits for: the server is listening.
+    println!("serving rtsp://{}{mount}", server.address());
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("cannot install the Ctrl-C handler")?;
+    }
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn devices(json: bool) -> Result<ExitCode> {
@@ -794,6 +846,20 @@ fn main() -> ExitCode {
         } => bench(run, *engine_frames, *rounds, json.as_ref()),
         Cmd::Optimize(a) => optimize(a),
         Cmd::Devices { json } => devices(*json),
+        Cmd::RtspServe {
+            input,
+            address,
+            port,
+            mount,
+            user,
+            password,
+        } => rtsp_serve(
+            input,
+            address,
+            *port,
+            mount,
+            user.as_deref().zip(password.as_deref()),
+        ),
     };
     match result {
         Ok(code) => code,

@@ -298,13 +298,13 @@ impl MqttPublisher {
     /// message (counted in [`MqttStats::dropped_overflow`]).
     pub fn publish(&self, topic: &str, payload: Vec<u8>, retain: bool) -> Result<(), MqttError> {
         let shared = &self.shared;
-        if !valid_topic(topic) {
+        let full_topic = format!("{}/{}", shared.prefix, topic);
+        if !valid_topic(topic) || !valid_topic(&full_topic) {
             return Err(MqttError::InvalidTopic {
                 broker: shared.broker.clone(),
                 topic: topic.into(),
             });
         }
-        let full_topic = format!("{}/{}", shared.prefix, topic);
         // Fixed header, topic length and packet id add at most 9 bytes.
         let len = full_topic.len() + payload.len() + 9;
         if len > MAX_PACKET_BYTES {
@@ -611,7 +611,11 @@ enum SessionEnd {
 ///
 /// rumqttc reconnects as soon as the connection is polled again after an error, so the connection
 /// is only polled again once our backoff delay has passed.
+///
+/// Only the first failure of an outage is a warning (a lost connection, or a first attempt that
+/// failed); the retries that follow are logged at debug level.
 fn run(shared: &Shared, mut connection: Connection, mut backoff: Backoff) {
+    let mut warned = false;
     loop {
         if shared.begin_attempt() {
             break;
@@ -624,9 +628,14 @@ fn run(shared: &Shared, mut connection: Connection, mut backoff: Backoff) {
                 if let SessionEnd::Disconnected = session(shared, &mut connection) {
                     break;
                 }
+                warned = true;
             }
             Ok(Ok(event)) => {
                 tracing::debug!(broker = %shared.broker, ?event, "unexpected MQTT event while connecting");
+            }
+            Ok(Err(e)) if !warned => {
+                tracing::warn!(broker = %shared.broker, error = %e, "cannot connect to MQTT broker; retrying");
+                warned = true;
             }
             Ok(Err(e)) => {
                 tracing::debug!(broker = %shared.broker, error = %e, "MQTT connection attempt failed");

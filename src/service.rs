@@ -28,6 +28,7 @@ use crate::metrics::{Health, Metrics, MetricsError, MetricsServer};
 use crate::mqtt::{MqttConfig, MqttError, MqttPublisher};
 use crate::pipeline::runner::{Runner, RunnerSpec, StreamOutcome, StreamSpec};
 use crate::pipeline::{Observer, PipelineError, RunSpec, StatusBoard, StreamState, StreamStatus};
+use crate::rtsp::RtspServer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -39,6 +40,8 @@ pub enum ServiceError {
     Metrics(#[from] MetricsError),
     #[error(transparent)]
     Mqtt(#[from] MqttError),
+    #[error(transparent)]
+    Rtsp(#[from] crate::rtsp::RtspError),
 }
 
 /// Everything a service needs, resolved.
@@ -48,6 +51,8 @@ pub struct ServiceOptions {
     /// The Prometheus endpoint's address; none for no endpoint.
     pub metrics: Option<SocketAddr>,
     pub mqtt: Option<MqttConfig>,
+    /// The RTSP server of annotated video: (address, port).
+    pub rtsp_out: Option<(String, u16)>,
     /// The pipeline file a `SIGHUP` rereads.
     pub pipeline_file: Option<PathBuf>,
 }
@@ -68,6 +73,7 @@ impl ServiceOptions {
                 None => Some(crate::metrics::DEFAULT_ADDR),
             },
             mqtt: file.mqtt.clone(),
+            rtsp_out: file.rtsp_out.as_ref().map(|r| (r.address.clone(), r.port)),
             pipeline_file: path,
         })
     }
@@ -81,6 +87,7 @@ pub struct Service {
     pipeline_file: Option<PathBuf>,
     fingerprints: BTreeMap<String, String>,
     heartbeat: Arc<AtomicU64>,
+    rtsp: Option<Arc<RtspServer>>,
 }
 
 impl Service {
@@ -112,9 +119,17 @@ impl Service {
             }
             None => None,
         };
+        let rtsp = match &opts.rtsp_out {
+            Some((address, port)) => {
+                let server = RtspServer::start(address, *port)?;
+                tracing::info!("annotated video at rtsp://{}/<stream>", server.address());
+                Some(Arc::new(server))
+            }
+            None => None,
+        };
         let mut runner = Runner::new(opts.runner, board.clone());
         for (name, spec) in &opts.streams {
-            add(&mut runner, name, spec)?;
+            add(&mut runner, name, spec, rtsp.as_ref())?;
         }
         let fingerprints = match &opts.pipeline_file {
             Some(p) => PipelineFile::load(p)?.stream_fingerprints(),
@@ -128,6 +143,7 @@ impl Service {
             pipeline_file: opts.pipeline_file,
             fingerprints,
             heartbeat,
+            rtsp,
         })
     }
 
@@ -219,7 +235,7 @@ impl Service {
         for (name, spec) in &specs {
             if !running.contains(name) {
                 tracing::info!(stream = %name, "reload: starting");
-                if let Err(e) = add(&mut self.runner, name, spec) {
+                if let Err(e) = add(&mut self.runner, name, spec, self.rtsp.as_ref()) {
                     tracing::error!(stream = %name, error = %e, "reload: cannot start");
                 }
             }
@@ -237,12 +253,25 @@ impl Service {
     }
 }
 
-fn add(runner: &mut Runner, name: &str, spec: &RunSpec) -> Result<(), PipelineError> {
+fn add(
+    runner: &mut Runner,
+    name: &str,
+    spec: &RunSpec,
+    rtsp: Option<&Arc<RtspServer>>,
+) -> Result<(), PipelineError> {
     let (source, _) = spec.resolve()?;
-    runner.add(
-        StreamSpec::from_run_spec(spec, source, name.to_string()),
-        None,
-    )
+    let mut stream = StreamSpec::from_run_spec(spec, source, name.to_string());
+    if spec.rtsp_out {
+        stream.rtsp = rtsp.cloned();
+    }
+    runner.add(stream, None)
+}
+
+/// The RTSP server of annotated video, if any.
+impl Service {
+    pub fn rtsp_addr(&self) -> Option<String> {
+        self.rtsp.as_ref().map(|r| r.address().to_string())
+    }
 }
 
 fn log_outcome(o: &StreamOutcome) {

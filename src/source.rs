@@ -161,6 +161,8 @@ pub struct Source {
     kind: SourceKind,
     display: String,
     options: SourceOptions,
+    /// A `gst://` description is live unless [`Source::probe_live`] found it prerolls.
+    gst_live: bool,
 }
 
 // Debug output reaches logs and panics: it shows the redacted URI only, never credentials.
@@ -217,6 +219,7 @@ impl Source {
             kind,
             display,
             options: options.clone(),
+            gst_live: true,
         })
     }
 
@@ -227,6 +230,7 @@ impl Source {
             kind: SourceKind::Uri { uri },
             display: input.to_string(),
             options: options.clone(),
+            gst_live: false,
         })
     }
 
@@ -301,7 +305,30 @@ impl Source {
     /// and are reconnected when they fail. A `gst://` description counts as live unless it is
     /// known to be a file; [`crate::ingest::Decoder`] also asks the pipeline itself.
     pub fn is_live(&self) -> bool {
-        !matches!(self.kind, SourceKind::Uri { .. })
+        match self.kind {
+            SourceKind::Uri { .. } => false,
+            SourceKind::Gst { .. } => self.gst_live,
+            _ => true,
+        }
+    }
+
+    /// Asks a `gst://` description whether it is live: a live source answers NO_PREROLL when
+    /// paused, a file prerolls. A file-backed description then keeps every frame, as a file does.
+    pub fn probe_live(&mut self) {
+        let SourceKind::Gst { description } = &self.kind else {
+            return;
+        };
+        let _ = gstreamer::init();
+        use gstreamer::prelude::*;
+        let Ok(p) = gstreamer::parse::launch(&format!("{description} ! fakesink")) else {
+            return;
+        };
+        let r = p.set_state(gstreamer::State::Paused);
+        let _ = p.set_state(gstreamer::State::Null);
+        self.gst_live = !matches!(
+            r,
+            Ok(gstreamer::StateChangeSuccess::Async) | Ok(gstreamer::StateChangeSuccess::Success)
+        );
     }
 
     /// A short default stream name: the file name for files, the redacted URI otherwise.

@@ -92,6 +92,8 @@ pub struct RunSpec {
     pub live: LiveSettings,
     /// A live stream's annotated video is cut into files of this length.
     pub segment: Duration,
+    /// Serve the annotated video over RTSP when the service runs an RTSP server.
+    pub rtsp_out: bool,
 }
 
 impl RunSpec {
@@ -109,13 +111,15 @@ impl RunSpec {
             source: SourceOptions::default(),
             live: LiveSettings::default(),
             segment: Duration::from_secs(600),
+            rtsp_out: true,
         }
     }
 
     /// The parsed source and the stream's name.
     pub fn resolve(&self) -> Result<(Source, String), PipelineError> {
-        let source = Source::parse(&self.input, &self.source)?;
+        let mut source = Source::parse(&self.input, &self.source)?;
         source.check()?;
+        source.probe_live();
         let name = self
             .stream_name
             .clone()

@@ -67,6 +67,8 @@ pub struct StreamSpec {
     pub max_frames: Option<u64>,
     pub live: LiveSettings,
     pub segment: Duration,
+    /// Serve the annotated video at `rtsp://…/<name>` on this server.
+    pub rtsp: Option<Arc<crate::rtsp::RtspServer>>,
 }
 
 impl StreamSpec {
@@ -81,6 +83,7 @@ impl StreamSpec {
             max_frames: spec.max_frames,
             live: spec.live.clone(),
             segment: spec.segment,
+            rtsp: None,
         }
     }
 }

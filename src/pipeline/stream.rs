@@ -283,6 +283,16 @@ fn open_sinks(spec: &StreamSpec) -> Result<(Vec<Box<dyn Sink>>, OutputPaths), Pi
     if let Some(p) = &outputs.events {
         sinks.push(Box::new(JsonlSink::create(p)?));
     }
+    if let Some(server) = &spec.rtsp {
+        let out = server
+            .serve_frames(&format!("/{}", spec.name))
+            .map_err(|e| PipelineError::Stream {
+                stream: spec.name.clone(),
+                reason: e.to_string(),
+            })?;
+        tracing::info!(stream = %spec.name, url = out.url(), "annotated video served");
+        sinks.push(Box::new(out));
+    }
     if spec.write_video {
         sinks.push(Box::new(if live {
             AnnotatedVideo::segmented(&spec.out_dir, spec.segment)?

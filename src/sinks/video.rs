@@ -280,7 +280,11 @@ impl Sink for AnnotatedVideo {
 
     fn finish(self: Box<Self>) -> Result<(), SinkError> {
         let Some(r) = &self.running else {
-            return Ok(()); // no frame: nothing to encode
+            // No frame came: leave no empty file that looks like a broken video.
+            if std::fs::metadata(&self.path).is_ok_and(|m| m.len() == 0) {
+                let _ = std::fs::remove_file(&self.path);
+            }
+            return Ok(());
         };
         self.finalize(r)
     }
@@ -306,6 +310,31 @@ impl AnnotatedVideo {
         let _ = r.pipeline.set_state(gst::State::Null);
         result
     }
+}
+
+/// An unpadded, even-sided copy of `frame` with `dets` drawn, and its layout: what an encoder
+/// outside this module (the RTSP output) is fed.
+pub fn annotated(
+    frame: &Frame,
+    dets: &[Detection],
+) -> Result<(Vec<u8>, gst_video::VideoInfo), String> {
+    let src = frame.info();
+    let (w, h) = (src.width() & !1, src.height() & !1);
+    if w == 0 || h == 0 {
+        return Err(format!(
+            "a {}x{} frame is too small to encode",
+            src.width(),
+            src.height()
+        ));
+    }
+    let mut b = gst_video::VideoInfo::builder(src.format(), w, h).colorimetry(&src.colorimetry());
+    if let Some(fps) = frame.fps().and_then(gst::Fraction::approximate_f64) {
+        b = b.fps(fps);
+    }
+    let info = b.build().map_err(|e| e.to_string())?;
+    let data =
+        annotated_copy(frame, &info, &YuvMatrix::of(src), dets).map_err(|e| e.to_string())?;
+    Ok((data, info))
 }
 
 /// An unpadded copy of `frame` laid out as `info` says (same format; `info` may drop an odd last
