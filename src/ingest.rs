@@ -293,39 +293,43 @@ fn build(
     stream: &str,
     format: PixelFormat,
 ) -> Result<(gst::Pipeline, gst_app::AppSink), String> {
-    let caps = gst::Caps::builder("video/x-raw")
-        .field("format", format.caps_name())
-        .build();
+    let (pipeline, appsink) = match source.launch_head().map_err(|e| e.to_string())? {
+        Some(head) => from_description(&head)?,
+        None => {
+            let appsink = gst_app::AppSink::builder().build();
+            (with_uridecodebin(source, &appsink)?, appsink)
+        }
+    };
     // A live source must never wait on us: the supervisor pulls every frame as it comes and
     // keeps the newest, and the appsink drops only if that thread is held up.
-    let live = source.is_live();
-    let appsink = gst_app::AppSink::builder()
-        .name("edgesight_sink")
-        .caps(&caps)
-        .sync(false)
-        .max_buffers(4)
-        .drop(live)
-        .build();
-    let pipeline = match source.launch_head().map_err(|e| e.to_string())? {
-        Some(head) => from_description(&head, &appsink)?,
-        None => with_uridecodebin(source, &appsink)?,
-    };
-    let _ = pipeline.set_property("name", format!("ingest-{stream}"));
+    appsink.set_caps(Some(
+        &gst::Caps::builder("video/x-raw")
+            .field("format", format.caps_name())
+            .build(),
+    ));
+    appsink.set_sync(false);
+    appsink.set_max_buffers(4);
+    appsink.set_drop(source.is_live());
+    pipeline.set_property("name", format!("ingest-{stream}"));
     crate::sched::background_streaming_threads(&pipeline);
     Ok((pipeline, appsink))
 }
 
-/// `HEAD ! videoconvert ! appsink` from a launch description.
-fn from_description(head: &str, appsink: &gst_app::AppSink) -> Result<gst::Pipeline, String> {
-    let bin = gst::parse::bin_from_description(&format!("{head} ! videoconvert"), true)
-        .map_err(|e| format!("the GStreamer description does not parse: {e}"))?;
-    let pipeline = gst::Pipeline::new();
-    pipeline
-        .add_many([bin.upcast_ref::<gst::Element>(), appsink.upcast_ref()])
-        .map_err(|e| e.to_string())?;
-    bin.link(appsink)
-        .map_err(|e| format!("the description's output cannot feed the appsink: {e}"))?;
-    Ok(pipeline)
+/// `HEAD ! videoconvert ! appsink` from a launch description, parsed whole as gst-launch does,
+/// so that its sometimes-pads (decodebin's) link once they appear.
+fn from_description(head: &str) -> Result<(gst::Pipeline, gst_app::AppSink), String> {
+    let launched = gst::parse::launch(&format!(
+        "{head} ! videoconvert ! appsink name=edgesight_sink"
+    ))
+    .map_err(|e| format!("the GStreamer description does not parse: {e}"))?;
+    let pipeline = launched
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| "the description is not a pipeline".to_string())?;
+    let appsink = pipeline
+        .by_name("edgesight_sink")
+        .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+        .ok_or("the description's appsink is missing")?;
+    Ok((pipeline, appsink))
 }
 
 /// `uridecodebin ! videoconvert ! appsink`, for files, http and RTSP. rtspsrc is configured as

@@ -181,8 +181,7 @@ impl RtspServer {
             url: format!("rtsp://{}{mount}", self.addr),
             mount: mount.to_string(),
             mounts: self.server.mount_points(),
-            started: None,
-            caps: None,
+            configured: None,
         })
     }
 }
@@ -215,8 +214,8 @@ pub struct RtspOut {
     url: String,
     mount: String,
     mounts: Option<rtsp::RTSPMountPoints>,
-    started: Option<std::time::Instant>,
-    caps: Option<gst::Caps>,
+    /// The appsrc that was last given caps: a new client's media has a new one.
+    configured: Option<gst_app::AppSrc>,
 }
 
 impl RtspOut {
@@ -228,7 +227,7 @@ impl RtspOut {
 impl Sink for RtspOut {
     fn write(&mut self, frame: &Frame, detections: &[Detection]) -> Result<(), SinkError> {
         let Some(src) = self.slot.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
-            self.caps = None;
+            self.configured = None;
             return Ok(()); // nobody watching: nothing to encode
         };
         let (data, info) =
@@ -236,23 +235,18 @@ impl Sink for RtspOut {
                 path: self.url.clone(),
                 reason: e.to_string(),
             })?;
-        if self.caps.is_none() {
+        if self.configured.as_ref() != Some(&src) {
             let caps = info.to_caps().map_err(|e| SinkError::Video {
                 path: self.url.clone(),
                 reason: e.to_string(),
             })?;
             src.set_caps(Some(&caps));
-            self.caps = Some(caps);
+            self.configured = Some(src.clone());
         }
-        let started = *self.started.get_or_insert_with(std::time::Instant::now);
-        let mut buffer = gst::Buffer::from_mut_slice(data);
-        if let Some(b) = buffer.get_mut() {
-            b.set_pts(gst::ClockTime::from_nseconds(
-                started.elapsed().as_nanos() as u64
-            ));
-        }
-        // A lagging or departing client loses frames, never the pipeline's time.
-        let _ = src.push_buffer(buffer);
+        // appsrc stamps each buffer with the media's running time (do-timestamp): every client's
+        // media starts its own clock. A lagging or departing client loses frames, never the
+        // pipeline's time.
+        let _ = src.push_buffer(gst::Buffer::from_mut_slice(data));
         Ok(())
     }
 

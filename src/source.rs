@@ -18,8 +18,8 @@
 //! let s = Source::parse("test://ball?width=320&height=240&fps=15", &SourceOptions::default()).unwrap();
 //! assert!(s.is_live());
 //! assert_eq!(
-//!     s.launch_head().unwrap(),
-//!     "videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=15/1"
+//!     s.launch_head().unwrap().as_deref(),
+//!     Some("videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=15/1")
 //! );
 //! let cam = Source::parse("rtsp://admin:secret@10.0.0.5/live", &SourceOptions::default()).unwrap();
 //! assert_eq!(cam.display(), "rtsp://***@10.0.0.5/live");

@@ -11,8 +11,9 @@
 //! The batcher takes the first frame waiting, then whatever else arrives within a short window
 //! (one frame interval of the fastest stream unless configured), up to `max_batch`. It never
 //! waits for a particular stream, so a stalled camera delays nobody. Models whose batch axis is
-//! fixed get batches of one. Batches go to the engines in turn and postprocess takes results in
-//! the same turn, so a stream's frames leave in the order they came.
+//! fixed get batches of one. The batcher takes frames only once an engine is free, and
+//! postprocess takes results in the order batches were dealt, so a stream's frames leave in the
+//! order they came.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -154,6 +155,7 @@ impl ModelStage {
         };
         let (tx, rx) = bounded::<Work>(depth.max(1));
         let (order_tx, order_rx) = bounded::<usize>(engines.len() * 2 + 2);
+        let (ready_tx, ready_rx) = bounded::<usize>(engines.len());
         let mut handles = Vec::new();
         let mut job_txs = Vec::new();
         let mut done_rxs = Vec::new();
@@ -162,10 +164,12 @@ impl ModelStage {
             let (done_tx, done_rx) = bounded::<JobDone>(1);
             job_txs.push(job_tx);
             done_rxs.push(done_rx);
+            let ready = ready_tx.clone();
             handles.push(spawn(&format!("infer{}", suffix(i)), move || {
-                infer_worker(engine, job_rx, done_tx)
+                infer_worker(engine, i, job_rx, done_tx, ready)
             }));
         }
+        drop(ready_tx);
         let batcher = Batcher {
             rx,
             max_batch,
@@ -174,7 +178,9 @@ impl ModelStage {
                 .map(|ms| Duration::from_secs_f64(ms / 1e3)),
             observers: observers.clone(),
         };
-        handles.push(spawn("batcher", move || batcher.run(job_txs, order_tx)));
+        handles.push(spawn("batcher", move || {
+            batcher.run(job_txs, ready_rx, order_tx)
+        }));
         handles.push(spawn("postprocess", move || {
             postprocess(detector, order_rx, done_rxs, routes, observers)
         }));
@@ -205,12 +211,14 @@ struct Batcher {
 }
 
 impl Batcher {
-    fn run(self, workers: Vec<Sender<Job>>, order: Sender<usize>) {
+    /// Waits for a free engine before taking frames, so that no frame ages in a batch that
+    /// cannot run yet: a live stream's newest frame stays in its own slot until then.
+    fn run(self, workers: Vec<Sender<Job>>, ready: Receiver<usize>, order: Sender<usize>) {
         crate::sched::background();
-        let mut turn = 0usize;
         let mut fastest_fps: f64 = 0.0;
         let mut pending: Option<Work> = None;
         loop {
+            let Ok(i) = ready.recv() else { return };
             let first = match pending.take().map(Ok).unwrap_or_else(|| self.rx.recv()) {
                 Ok(w) => w,
                 Err(_) => return,
@@ -228,9 +236,7 @@ impl Batcher {
                     Job::Batch(batch)
                 }
             };
-            let i = turn % workers.len();
-            turn += 1;
-            if workers[i].send(job).is_err() || order.send(i).is_err() {
+            if order.send(i).is_err() || workers[i].send(job).is_err() {
                 return;
             }
         }
@@ -263,7 +269,16 @@ impl Batcher {
     }
 }
 
-fn infer_worker(mut engine: Engine, jobs: Receiver<Job>, done: Sender<JobDone>) {
+fn infer_worker(
+    mut engine: Engine,
+    me: usize,
+    jobs: Receiver<Job>,
+    done: Sender<JobDone>,
+    ready: Sender<usize>,
+) {
+    if ready.send(me).is_err() {
+        return;
+    }
     for job in jobs {
         let out = match job {
             Job::End(key) => JobDone::End(key),
@@ -272,6 +287,7 @@ fn infer_worker(mut engine: Engine, jobs: Receiver<Job>, done: Sender<JobDone>) 
         if done.send(out).is_err() {
             return;
         }
+        let _ = ready.send(me);
     }
 }
 
@@ -290,12 +306,14 @@ fn run_batch(engine: &mut Engine, batch: Vec<Prepared>) -> JobDone {
         Err(e) => return JobDone::Failed(keys, e.into()),
     };
     let took = t.elapsed();
+    let n = batch.len();
     JobDone::Batch(
         batch
             .into_iter()
             .zip(outputs)
             .map(|(mut p, o)| {
                 p.d.times.infer = took;
+                p.d.batch = n;
                 (p.d, o, p.transform)
             })
             .collect(),

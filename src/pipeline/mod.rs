@@ -147,6 +147,8 @@ pub(crate) struct Decoded {
     /// When the frame left the decoder: capture-to-event latency counts from here.
     pub born: Instant,
     pub times: Times,
+    /// Frames in the inference run this frame was part of.
+    pub batch: usize,
 }
 
 pub(crate) struct Detected {
@@ -223,6 +225,8 @@ pub struct Summary {
     pub reason: Option<String>,
     /// Reconnections of a live stream.
     pub reconnects: u64,
+    /// Frames that ran in a batch with other frames.
+    pub batched_frames: u64,
     pub outputs: OutputPaths,
 }
 

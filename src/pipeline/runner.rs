@@ -172,7 +172,7 @@ impl Runner {
             &self.spec.batch,
             self.routes.clone(),
             self.board.observers().to_vec(),
-            self.spec.queue_depth.max(self.streams.len() + 1),
+            1,
         );
         Ok(ModelEntry {
             stage,

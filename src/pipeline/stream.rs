@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender};
 
 use super::batch::{Prepared, Route, Routes, Work};
 use super::runner::StreamSpec;
@@ -110,10 +110,15 @@ impl RunningStream {
         };
         let started = Instant::now();
         let ingest = spawn("ingest", move || ingest.run());
-        let (detector, stage, key) = (w.detector.clone(), w.stage, w.key);
-        let name = shared.name.clone();
+        let pre = PreprocessCtx {
+            name: shared.name.clone(),
+            key: w.key,
+            // A live stream's preprocessing swaps a frame that waits for inference for a newer one.
+            refresh: live.then(|| w.board.clone()),
+        };
+        let (detector, stage) = (w.detector.clone(), w.stage);
         let preprocess = spawn("preprocess", move || {
-            preprocess_stage(detector.as_ref(), &name, key, q_rx, stage)
+            preprocess_stage(detector.as_ref(), pre, q_rx, stage)
         });
         let sink_ctx = SinkCtx {
             shared: shared.clone(),
@@ -238,6 +243,7 @@ fn summary(
         state: StreamState::Finished,
         reason: None,
         reconnects: 0,
+        batched_frames: tally.batched,
         outputs: m.outputs.clone(),
     }
 }
@@ -303,41 +309,65 @@ fn open_sinks(spec: &StreamSpec) -> Result<(Vec<Box<dyn Sink>>, OutputPaths), Pi
     Ok((sinks, outputs))
 }
 
+struct PreprocessCtx {
+    name: Arc<str>,
+    key: StreamKey,
+    refresh: Option<Arc<StatusBoard>>,
+}
+
 fn preprocess_stage(
     detector: &dyn Detector,
-    name: &str,
-    key: StreamKey,
+    ctx: PreprocessCtx,
     rx: Receiver<Decoded>,
     tx: Sender<Work>,
 ) -> Result<(), PipelineError> {
     crate::sched::background();
     let mut pre = Preprocessor::new(detector.preprocess().clone());
-    let mut result = Ok(());
-    for mut d in rx {
+    let mut prepare = |mut d: Decoded| {
         let t = Instant::now();
-        match pre.run(d.frame.pixels()) {
-            Ok((tensor, transform)) => {
-                d.times.preprocess = t.elapsed();
-                let p = Prepared {
-                    d,
-                    tensor,
-                    transform,
-                };
-                if tx.send(Work::Frame(p)).is_err() {
-                    break;
-                }
-            }
-            Err(err) => {
-                result = Err(PipelineError::Preprocess {
-                    stream: name.to_string(),
+        let (tensor, transform) =
+            pre.run(d.frame.pixels())
+                .map_err(|err| PipelineError::Preprocess {
+                    stream: ctx.name.to_string(),
                     err,
-                });
+                })?;
+        d.times.preprocess = t.elapsed();
+        Ok::<_, PipelineError>(Work::Frame(Prepared {
+            d,
+            tensor,
+            transform,
+        }))
+    };
+    let mut result = Ok(());
+    'frames: for d in rx.iter() {
+        let mut work = match prepare(d) {
+            Ok(w) => w,
+            Err(e) => {
+                result = Err(e);
                 break;
             }
+        };
+        loop {
+            match tx.send_timeout(work, Duration::from_millis(5)) {
+                Ok(()) => break,
+                Err(SendTimeoutError::Disconnected(_)) => break 'frames,
+                Err(SendTimeoutError::Timeout(w)) => work = w,
+            }
+            // Inference is busy: a live stream's newer frame replaces this one.
+            let Some(board) = &ctx.refresh else { continue };
+            let Ok(newer) = rx.try_recv() else { continue };
+            board.dropped(&ctx.name, "latest_wins", 1);
+            work = match prepare(newer) {
+                Ok(w) => w,
+                Err(e) => {
+                    result = Err(e);
+                    break 'frames;
+                }
+            };
         }
     }
     // After the last frame, so that the sinks finish only once every frame has passed.
-    let _ = tx.send(Work::End(key));
+    let _ = tx.send(Work::End(ctx.key));
     result
 }
 
@@ -348,6 +378,7 @@ struct SinkTally {
     by_label: BTreeMap<String, u64>,
     frames: u64,
     total_dets: u64,
+    batched: u64,
 }
 
 struct SinkCtx {
@@ -421,6 +452,7 @@ impl SinkTally {
         }
         self.total_dets += det.detections.len() as u64;
         self.frames += 1;
+        self.batched += u64::from(det.d.batch > 1);
     }
 }
 

@@ -244,6 +244,8 @@ impl Ingest {
         let started = Instant::now();
         let (mut last_buffer, mut last_pts, mut pts_moved) = (started, None, started);
         let mut waited = started;
+        // Frames of this connection: the decoder's own count goes on from the last one.
+        let mut got = 0u64;
         loop {
             if self.stopped(dec.frames()) {
                 return Ended::Stopped;
@@ -251,7 +253,8 @@ impl Ingest {
             let now = Instant::now();
             match dec.next(Duration::from_millis(50)) {
                 Ok(Next::Frame(frame)) => {
-                    if dec.frames() == 1 {
+                    got += 1;
+                    if got == 1 {
                         board.set_state(name, StreamState::Playing, None);
                         backoff.reset();
                         *failures = 0;
@@ -273,7 +276,7 @@ impl Ingest {
                     waited = Instant::now();
                 }
                 Ok(Next::Pending) if now - last_buffer > stall => {
-                    let what = if dec.frames() == 0 {
+                    let what = if got == 0 {
                         "no frame within"
                     } else {
                         "no frame for"
@@ -320,5 +323,6 @@ fn decoded(frame: crate::frame::Frame, shared: &Arc<StreamShared>, decode: Durat
             decode,
             ..Times::default()
         },
+        batch: 1,
     }
 }

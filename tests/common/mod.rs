@@ -2,6 +2,8 @@
 //! sample media and model that `scripts/setup.sh` installs (`make test` runs it first).
 #![allow(dead_code)]
 
+pub mod live;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
