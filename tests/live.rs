@@ -278,13 +278,13 @@ fn three_streams_batched_each_result_returns_to_its_own_stream_in_order() {
     let model = root().join("models/cache/blazeface-back-256-batch.onnx");
     assert!(model.is_file(), "run scripts/setup.sh");
     let flips = [
-        ("plain", "none"),
-        ("mirror", "horizontal-flip"),
-        ("upside", "rotate-180"),
+        ("plain", "identity"),
+        ("mirror", "horiz"),
+        ("upside", "180"),
     ];
     let stream = |name: &str, method: &str| {
         format!(
-            "[[streams]]\nname = \"{name}\"\nuri = \"gst://filesrc location={} ! avidemux ! decodebin ! videoflip method={method}\"\nmax_frames = 12\n",
+            "[[streams]]\nname = \"{name}\"\nuri = \"gst://filesrc location={} ! avidemux ! decodebin ! videoflip video-direction={method}\"\nmax_frames = 12\n",
             vtest.display()
         )
     };
@@ -331,10 +331,7 @@ fn three_streams_batched_each_result_returns_to_its_own_stream_in_order() {
             assert_eq!(dx.len(), dy.len(), "{name} frame {i}");
             for (p, q) in dx.iter().zip(dy) {
                 for k in ["x1", "y1", "x2", "y2"] {
-                    let (u, v) = (
-                        p["box"][k].as_f64().unwrap(),
-                        q["box"][k].as_f64().unwrap(),
-                    );
+                    let (u, v) = (p["box"][k].as_f64().unwrap(), q["box"][k].as_f64().unwrap());
                     assert!((u - v).abs() < 0.5, "{name} frame {i} {k}: {u} vs {v}");
                 }
             }
