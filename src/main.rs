@@ -47,6 +47,14 @@ enum Cmd {
         /// Also write the report as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// What to measure: the bare engine against the pipeline (`pipeline`), or a live suite:
+        /// `layouts` (replicas x threads), `streams` (N file streams batched), `latency`
+        /// (capture to event on a live source), `reconnect` (RTSP camera kill/restart), `soak`.
+        #[arg(long, value_enum, default_value_t = Suite::Pipeline)]
+        suite: Suite,
+        /// streams: how many; reconnect: cycles; soak: frames.
+        #[arg(long)]
+        count: Option<u64>,
     },
     /// Turn an FP32 ONNX model into an INT8 (Q/DQ) or FP16 artifact, with a report; or
     /// `optimize inspect MODEL.onnx`.
@@ -215,6 +223,16 @@ struct RunArgs {
     /// Serve each stream's annotated video at rtsp://127.0.0.1:PORT/<stream>.
     #[arg(long, value_name = "PORT")]
     rtsp_out: Option<u16>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Suite {
+    Pipeline,
+    Layouts,
+    Streams,
+    Latency,
+    Reconnect,
+    Soak,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -669,6 +687,70 @@ fn bench(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The live suites of `bench`: each prints its figures as JSON (and writes them to `json`).
+fn bench_live(
+    args: &RunArgs,
+    suite: Suite,
+    rounds: usize,
+    count: Option<u64>,
+    json: Option<&PathBuf>,
+) -> Result<ExitCode> {
+    use edgesight::bench::live;
+    let mut spec = RunArgs {
+        input: args
+            .input
+            .clone()
+            .or_else(|| Some("assets/vtest.avi".into())),
+        ..args.clone()
+    }
+    .spec()?;
+    if args.out.is_none() {
+        spec.out_dir = live::scratch_dir();
+    }
+    eprintln!(
+        "bench {}: {} with {} ...",
+        suite_name(suite),
+        spec.input,
+        spec.model.name
+    );
+    let report = match suite {
+        Suite::Pipeline => unreachable!("handled by bench()"),
+        Suite::Layouts => serde_json::to_value(live::layouts(
+            &spec,
+            &[(1, 2), (2, 1), (1, 1), (2, 2)],
+            rounds,
+        )?)?,
+        Suite::Streams => serde_json::to_value(live::streams(&spec, count.unwrap_or(4) as usize)?)?,
+        Suite::Latency => serde_json::to_value(live::latency(&spec, &[10, 30], 20)?)?,
+        Suite::Reconnect => {
+            serde_json::to_value(live::reconnect(&spec, count.unwrap_or(20) as usize)?)?
+        }
+        Suite::Soak => serde_json::to_value(live::soak(
+            &spec,
+            count.unwrap_or(100_000),
+            std::time::Duration::from_secs(10),
+        )?)?,
+    };
+    let text = serde_json::to_string_pretty(&report)?;
+    println!("{text}");
+    if let Some(p) = json {
+        std::fs::write(p, text + "\n").with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    let _ = std::fs::remove_dir_all(live::scratch_dir());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn suite_name(s: Suite) -> &'static str {
+    match s {
+        Suite::Pipeline => "pipeline",
+        Suite::Layouts => "layouts",
+        Suite::Streams => "streams",
+        Suite::Latency => "latency",
+        Suite::Reconnect => "reconnect",
+        Suite::Soak => "soak",
+    }
+}
+
 /// The FP32 model an artifact was optimized from, when it is still where `optimize` read it
 /// and unchanged; otherwise a warning, and no comparison.
 fn artifact_source(dir: &std::path::Path) -> Result<Option<PathBuf>> {
@@ -843,7 +925,17 @@ fn main() -> ExitCode {
             engine_frames,
             rounds,
             json,
+            suite: Suite::Pipeline,
+            ..
         } => bench(run, *engine_frames, *rounds, json.as_ref()),
+        Cmd::Bench {
+            run,
+            rounds,
+            json,
+            suite,
+            count,
+            ..
+        } => bench_live(run, *suite, *rounds, *count, json.as_ref()),
         Cmd::Optimize(a) => optimize(a),
         Cmd::Devices { json } => devices(*json),
         Cmd::RtspServe {

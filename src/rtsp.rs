@@ -110,7 +110,7 @@ impl RtspServer {
             });
         }
         if let Some((user, password)) = credentials {
-            let auth = self.server.auth().unwrap_or_else(rtsp::RTSPAuth::new);
+            let auth = self.server.auth().unwrap_or_default();
             let token = rtsp::RTSPToken::builder()
                 .field(rtsp::RTSP_TOKEN_MEDIA_FACTORY_ROLE, user)
                 .build();

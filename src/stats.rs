@@ -30,6 +30,11 @@ impl Latency {
         self.0.len()
     }
 
+    /// The latency at quantile `q` (0..1), in milliseconds.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        self.0.value_at_quantile(q) as f64 / 1000.0
+    }
+
     pub fn percentiles(&self) -> Percentiles {
         let ms = |us: u64| us as f64 / 1000.0;
         Percentiles {

@@ -7,9 +7,8 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::live::{
-    frames, free_port, http_get, rtsp_camera, sample, state, streams, wait_for, Proc,
-};
+use common::live::{frames, http_get, rtsp_camera, sample, state, streams, wait_for, Proc};
+use common::mqtt::{free_port, Broker, Subscriber};
 use common::root;
 
 fn summary(dir: &Path) -> serde_json::Value {
@@ -536,4 +535,85 @@ fn rtsp_output_is_read_back_and_clients_come_and_go_without_leaking() {
         t.elapsed()
     );
     assert_eq!(state(&addr, "test-ball"), "playing");
+}
+
+/// A real mosquitto receives the events and a retained status; while the broker is down, events
+/// queue and arrive in order once it is back; the last will says `offline` when edgesight is
+/// killed.
+#[test]
+fn mqtt_gets_events_in_order_across_a_broker_outage_and_the_last_will() {
+    let mut broker = Broker::start();
+    let sub = Subscriber::start(broker.port);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mqtt.toml");
+    write(
+        &file,
+        &format!(
+            "[output]\ndir = \"{}\"\nvideo = false\n\n[metrics]\naddr = \"127.0.0.1:0\"\n\n\
+             [mqtt]\nhost = \"127.0.0.1\"\nport = {}\nclient_id = \"edgesight-live-test\"\n\
+             backoff_min_s = 1.0\nbackoff_max_s = 2.0\n\n\
+             [[streams]]\nname = \"cam\"\nuri = \"test://ball?width=320&height=240&fps=10\"\n",
+            dir.path().display(),
+            broker.port
+        ),
+    );
+    let svc = Proc::spawn(&["run", "--pipeline", file.to_str().unwrap()], &root());
+    let addr = metrics_addr(&svc);
+    let frame_of = |p: &String| {
+        serde_json::from_str::<serde_json::Value>(p).unwrap()["frame"]
+            .as_u64()
+            .unwrap()
+    };
+    let first = sub.wait_payloads("edgesight/cam/events", 10, Duration::from_secs(30));
+    assert!(first.len() >= 10, "{} events", first.len());
+    let numbers: Vec<u64> = first.iter().map(frame_of).collect();
+    assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{numbers:?}");
+    let status = sub.payloads("edgesight/cam/status");
+    assert!(status.last().unwrap().contains("\"playing\""), "{status:?}");
+    assert_eq!(
+        sub.payloads("edgesight/available")
+            .last()
+            .map(String::as_str),
+        Some("online")
+    );
+
+    broker.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    let at_restart = frames(&addr, "cam");
+    broker.restart();
+    let sub2 = Subscriber::start(broker.port);
+    let after = sub2.wait_payloads("edgesight/cam/events", 30, Duration::from_secs(30));
+    let numbers: Vec<u64> = after.iter().map(frame_of).collect();
+    assert!(
+        numbers.windows(2).all(|w| w[0] < w[1]),
+        "out of order: {numbers:?}"
+    );
+    assert!(
+        numbers[0] + 10 < at_restart,
+        "events of the outage did not arrive: first {} at restart {at_restart}",
+        numbers[0]
+    );
+    let (_, scrape) = http_get(&addr, "/metrics").unwrap();
+    assert_eq!(
+        sample(
+            &scrape,
+            r#"edgesight_mqtt_dropped_total{reason="overflow"}"#
+        ),
+        Some(0.0)
+    );
+
+    svc.signal("-KILL");
+    common::mqtt::wait_until(Duration::from_secs(15), || {
+        sub2.payloads("edgesight/available")
+            .last()
+            .map(String::as_str)
+            == Some("offline")
+    });
+    assert_eq!(
+        sub2.payloads("edgesight/available")
+            .last()
+            .map(String::as_str),
+        Some("offline"),
+        "no last will"
+    );
 }

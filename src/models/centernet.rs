@@ -62,7 +62,7 @@ impl Detector for CenterNet {
     fn decode(&self, outputs: &[Output], t: &Transform) -> Result<Vec<Detection>, ModelError> {
         let o = &outputs[0];
         let v: Vec<f32> = o.data.iter().copied().collect();
-        if v.len() % 6 != 0 {
+        if !v.len().is_multiple_of(6) {
             return Err(ModelError::OutputShape {
                 model: self.c.model.clone(),
                 output: o.name.clone(),

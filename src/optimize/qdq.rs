@@ -422,7 +422,7 @@ pub fn rounding_shift(
 ) -> Option<Vec<f32>> {
     let d: Vec<usize> = dims.iter().map(|&x| x as usize).collect();
     match op {
-        "Conv" if d.len() >= 3 && group > 0 && d[0] % group == 0 => {
+        "Conv" if d.len() >= 3 && group > 0 && d[0].is_multiple_of(group) => {
             let (outs, cin) = (d[0], d[1]);
             let k: usize = d[2..].iter().product();
             if mean.len() != cin * group || error.len() != outs * cin * k {

@@ -339,7 +339,7 @@ impl Geometry {
             _ => return None,
         };
         let cg = w_dims[1] as usize;
-        (c == cg * group && w_dims[0] as usize % group == 0).then_some(Self {
+        (c == cg * group && (w_dims[0] as usize).is_multiple_of(group)).then_some(Self {
             channels: c,
             group,
             kernel,

@@ -62,6 +62,8 @@ pub(crate) struct Prepared {
 }
 
 /// What flows into a model's stage: frames, and the mark that a stream has sent its last one.
+// Frames are moved on at once; boxing each would cost an allocation per frame.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Work {
     Frame(Prepared),
     End(StreamKey),

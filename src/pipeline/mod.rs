@@ -227,6 +227,8 @@ pub struct Summary {
     pub reconnects: u64,
     /// Frames that ran in a batch with other frames.
     pub batched_frames: u64,
+    /// The 99th percentile of capture (leaving the decoder) to event, in milliseconds.
+    pub end_to_end_p99_ms: f64,
     pub outputs: OutputPaths,
 }
 

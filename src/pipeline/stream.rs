@@ -244,6 +244,11 @@ fn summary(
         reason: None,
         reconnects: 0,
         batched_frames: tally.batched,
+        end_to_end_p99_ms: tally
+            .lat
+            .get("end_to_end")
+            .map(|l| l.quantile_ms(0.99))
+            .unwrap_or(0.0),
         outputs: m.outputs.clone(),
     }
 }
