@@ -299,9 +299,6 @@ impl RunArgs {
         if let Some(o) = &self.out {
             spec.out_dir = o.clone();
         }
-        if let Some(t) = self.threads {
-            spec.engine.threads = t;
-        }
         if let Some(p) = self.provider {
             spec.engine.provider = match p {
                 ProviderArg::Cpu => Provider::Cpu,
@@ -309,16 +306,7 @@ impl RunArgs {
                 ProviderArg::Tensorrt => Provider::Tensorrt,
             };
         }
-        if let Some(s) = self.score_threshold {
-            spec.model.score_threshold = s;
-        }
-        if self.max_frames.is_some() {
-            spec.max_frames = self.max_frames;
-        }
-        if self.no_video {
-            spec.write_video = false;
-        }
-        self.apply_live(&mut spec);
+        self.apply_overrides(&mut spec);
         Ok(spec)
     }
 
@@ -374,7 +362,7 @@ impl RunArgs {
         Ok(Some(opts))
     }
 
-    /// Flags that apply to every stream of a pipeline file.
+    /// Flags that apply to every stream, of a pipeline file or of the command line.
     fn apply_overrides(&self, spec: &mut RunSpec) {
         if let Some(t) = self.threads {
             spec.engine.threads = t;

@@ -379,6 +379,22 @@ fn bad_sources_fail_with_an_error_naming_them() {
     }
 }
 
+/// No camera exists on the machines this is built on: the monitor finds none and says so.
+#[test]
+fn devices_lists_what_the_monitor_sees() {
+    let mut p = Proc::spawn(&["devices", "--json"], &root());
+    assert_eq!(p.wait(Duration::from_secs(30)), Some(0), "{}", p.output());
+    let json = p.output();
+    let start = json.find('[').expect("a JSON list");
+    let cams: serde_json::Value = serde_json::from_str(&json[start..]).unwrap();
+    for c in cams.as_array().unwrap() {
+        assert!(
+            c["uri"].as_str().unwrap().starts_with("v4l2:///dev/"),
+            "{c}"
+        );
+    }
+}
+
 #[test]
 fn a_duplicate_stream_name_and_a_metrics_port_in_use_are_errors() {
     let dir = tempfile::tempdir().unwrap();

@@ -403,18 +403,6 @@ fn stop_releases_the_port() {
 }
 
 #[test]
-#[ignore = "prints a sample exposition; run with --ignored --nocapture"]
-fn print_exposition() {
-    let metrics = Metrics::new();
-    metrics.set_stream_state("cam1", "playing");
-    metrics.frame_seen("cam1");
-    metrics.frame("cam1", "infer");
-    metrics.stage_latency("infer", Duration::from_millis(3));
-    metrics.batch(2);
-    println!("{}", metrics.encode());
-}
-
-#[test]
 fn shared_types_are_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Metrics>();

@@ -36,6 +36,25 @@ fn run_streams(
     runner.finish().into_iter().map(|o| o.result).collect()
 }
 
+/// A runner with one stream, `s` named `name`, and the board that follows it.
+fn one_stream(
+    spec: &RunSpec,
+    s: &RunSpec,
+    name: &str,
+) -> Result<(Runner, Arc<StatusBoard>), PipelineError> {
+    let board = StatusBoard::new(vec![]);
+    let mut runner = Runner::new(
+        RunnerSpec {
+            engine: spec.engine.clone(),
+            ..RunnerSpec::default()
+        },
+        board.clone(),
+    );
+    let (source, _) = s.resolve()?;
+    runner.add(StreamSpec::from_run_spec(s, source, name.into()), None)?;
+    Ok((runner, board))
+}
+
 fn quiet(spec: &RunSpec, out: &str) -> RunSpec {
     let mut s = spec.clone();
     s.write_video = false;
@@ -193,16 +212,7 @@ pub fn reconnect(spec: &RunSpec, cycles: usize) -> Result<ReconnectReport, Pipel
     let mut s = quiet(spec, "reconnect");
     s.input = format!("rtsp://127.0.0.1:{port}/cam");
     s.live = live.clone();
-    let board = StatusBoard::new(vec![]);
-    let mut runner = Runner::new(
-        RunnerSpec {
-            engine: spec.engine.clone(),
-            ..RunnerSpec::default()
-        },
-        board.clone(),
-    );
-    let (source, _) = s.resolve()?;
-    runner.add(StreamSpec::from_run_spec(&s, source, "cam".into()), None)?;
+    let (runner, board) = one_stream(spec, &s, "cam")?;
     let plays_again = |board: &Arc<StatusBoard>, timeout: Duration| -> Option<Duration> {
         let t = Instant::now();
         let before = board.get("cam").map_or(0, |s| s.frames);
@@ -265,16 +275,7 @@ pub fn soak(spec: &RunSpec, frames: u64, every: Duration) -> Result<SoakReport, 
     s.input = "test://ball?width=320&height=240&fps=200".into();
     s.max_frames = Some(frames);
     s.write_events = false;
-    let board = StatusBoard::new(vec![]);
-    let mut runner = Runner::new(
-        RunnerSpec {
-            engine: spec.engine.clone(),
-            ..RunnerSpec::default()
-        },
-        board.clone(),
-    );
-    let (source, _) = s.resolve()?;
-    runner.add(StreamSpec::from_run_spec(&s, source, "soak".into()), None)?;
+    let (mut runner, _) = one_stream(spec, &s, "soak")?;
     let t = Instant::now();
     let mut rss = Vec::new();
     let mut next = Duration::ZERO;

@@ -466,15 +466,7 @@ fn observe(ctx: &SinkCtx, det: &Detected) {
     if ctx.observers.is_empty() {
         return;
     }
-    let f = &det.d.frame;
-    let record = EventRecord {
-        stream: &f.stream,
-        frame: f.number,
-        pts_ns: f.pts.map(|p| p.nseconds()),
-        width: f.width(),
-        height: f.height(),
-        detections: &det.detections,
-    };
+    let record = EventRecord::new(&det.d.frame, &det.detections);
     let json = serde_json::to_vec(&record).unwrap_or_default();
     let age = det.d.born.elapsed();
     let t = det.d.times;

@@ -21,6 +21,19 @@ pub struct EventRecord<'a> {
     pub detections: &'a [Detection],
 }
 
+impl<'a> EventRecord<'a> {
+    pub fn new(frame: &'a Frame, detections: &'a [Detection]) -> Self {
+        Self {
+            stream: &frame.stream,
+            frame: frame.number,
+            pts_ns: frame.pts.map(|p| p.nseconds()),
+            width: frame.width(),
+            height: frame.height(),
+            detections,
+        }
+    }
+}
+
 pub struct JsonlSink {
     path: PathBuf,
     out: BufWriter<File>,
@@ -48,14 +61,7 @@ impl JsonlSink {
 
 impl Sink for JsonlSink {
     fn write(&mut self, frame: &Frame, detections: &[Detection]) -> Result<(), SinkError> {
-        let rec = EventRecord {
-            stream: &frame.stream,
-            frame: frame.number,
-            pts_ns: frame.pts.map(|p| p.nseconds()),
-            width: frame.width(),
-            height: frame.height(),
-            detections,
-        };
+        let rec = EventRecord::new(frame, detections);
         serde_json::to_writer(&mut self.out, &rec).map_err(|e| self.io_err(e))?;
         self.out.write_all(b"\n").map_err(|e| self.io_err(e))
     }
