@@ -65,6 +65,9 @@ pub struct PipelineFile {
     pub mqtt: Option<crate::mqtt::MqttConfig>,
     /// Serve each stream's annotated video at `rtsp://address:port/<stream>`.
     pub rtsp_out: Option<RtspOutSection>,
+    /// Object tracking of every stream; a stream may override it.
+    #[serde(default)]
+    pub tracker: crate::track::TrackerSettings,
     /// Where the file was read from, for errors.
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -92,6 +95,7 @@ pub struct StreamSection {
     pub model: Option<ModelSection>,
     pub output: Option<StreamOutput>,
     pub live: Option<LiveSettings>,
+    pub tracker: Option<crate::track::TrackerSettings>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -256,6 +260,9 @@ impl PipelineFile {
         spec.stream_name = source.name.clone();
         spec.max_frames = source.max_frames;
         self.apply_common(&mut spec);
+        spec.tracker
+            .check()
+            .map_err(|e| self.invalid(&format!("[tracker] {e}")))?;
         Ok(spec)
     }
 
@@ -302,6 +309,12 @@ impl PipelineFile {
             if let Some(l) = &s.live {
                 spec.live = l.clone();
             }
+            if let Some(t) = &s.tracker {
+                spec.tracker = t.clone();
+            }
+            spec.tracker
+                .check()
+                .map_err(|e| bad(format!("[tracker] {e}")))?;
             out.push((s.name.clone(), spec));
         }
         Ok(out)
@@ -320,8 +333,8 @@ impl PipelineFile {
                     .map(|p| p.0.clone())
                     .unwrap_or_default();
                 let text = format!(
-                    "{s:?}|{secret}|{:?}|{:?}|{:?}",
-                    self.model, self.output, self.live
+                    "{s:?}|{secret}|{:?}|{:?}|{:?}|{:?}",
+                    self.model, self.output, self.live, self.tracker
                 );
                 (
                     s.name.clone(),
@@ -338,6 +351,7 @@ impl PipelineFile {
         spec.queue_depth = self.queues.depth;
         spec.live = self.live.clone();
         spec.segment = std::time::Duration::from_secs_f64(self.output.segment_s.max(1.0));
+        spec.tracker = self.tracker.clone();
     }
 
     fn invalid(&self, reason: &str) -> ConfigError {

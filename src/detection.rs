@@ -48,6 +48,9 @@ pub struct Detection {
     /// needs); empty, and left out of the events, otherwise.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub keypoints: Vec<Keypoint>,
+    /// The object's ID within its stream, once its track is reported (see [`crate::track`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub track_id: Option<u64>,
 }
 
 /// Greedy non-maximum suppression within each class: keeps the best-scoring box and drops every
@@ -90,6 +93,7 @@ mod tests {
                 y2: 10.0,
             },
             keypoints: Vec::new(),
+            track_id: None,
         }
     }
 

@@ -26,3 +26,4 @@ pub mod sinks;
 pub mod source;
 pub mod stats;
 pub mod tensor;
+pub mod track;

@@ -220,6 +220,9 @@ struct RunArgs {
     /// A live stream gives up after this many failed connections in a row [default: never].
     #[arg(long)]
     max_attempts: Option<u32>,
+    /// No object tracking (no track IDs, no tracks.jsonl).
+    #[arg(long)]
+    no_track: bool,
     /// Serve each stream's annotated video at rtsp://127.0.0.1:PORT/<stream>.
     #[arg(long, value_name = "PORT")]
     rtsp_out: Option<u16>,
@@ -375,6 +378,9 @@ impl RunArgs {
         }
         if self.no_video {
             spec.write_video = false;
+        }
+        if self.no_track {
+            spec.tracker.enabled = false;
         }
         self.apply_live(spec);
     }
@@ -709,7 +715,7 @@ fn bench_live(
             rounds,
         )?)?,
         Suite::Streams => serde_json::to_value(live::streams(&spec, count.unwrap_or(4) as usize)?)?,
-        Suite::Latency => serde_json::to_value(live::latency(&spec, &[10, 30], 20)?)?,
+        Suite::Latency => serde_json::to_value(live::latency(&spec, &[10, 30, 120], 20)?)?,
         Suite::Reconnect => {
             serde_json::to_value(live::reconnect(&spec, count.unwrap_or(20) as usize)?)?
         }

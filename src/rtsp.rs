@@ -46,6 +46,7 @@ impl std::fmt::Debug for RtspServer {
 pub struct RtspServer {
     server: rtsp::RTSPServer,
     main_loop: glib::MainLoop,
+    context: glib::MainContext,
     source: Option<glib::SourceId>,
     thread: Option<JoinHandle<()>>,
     addr: String,
@@ -82,6 +83,7 @@ impl RtspServer {
         Ok(Self {
             server,
             main_loop,
+            context: ctx,
             source: Some(source),
             thread: Some(thread),
             addr: format!("{address}:{bound}"),
@@ -197,8 +199,14 @@ impl Drop for RtspServer {
             client.close();
             rtsp::RTSPFilterResult::Remove
         }));
-        if let Some(s) = self.source.take() {
-            s.remove();
+        // The source lives on this server's own context, not the default one that
+        // `SourceId::remove` searches.
+        if let Some(s) = self
+            .source
+            .take()
+            .and_then(|id| self.context.find_source_by_id(&id))
+        {
+            s.destroy();
         }
         self.main_loop.quit();
         if let Some(t) = self.thread.take() {

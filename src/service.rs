@@ -366,4 +366,9 @@ impl Observer for MqttObserver {
             .0
             .publish(&format!("{stream}/events"), json.to_vec(), false);
     }
+    fn track_event(&self, stream: &str, json: &[u8]) {
+        let _ = self
+            .0
+            .publish(&format!("{stream}/tracks"), json.to_vec(), false);
+    }
 }

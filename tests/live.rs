@@ -396,7 +396,7 @@ fn devices_lists_what_the_monitor_sees() {
 }
 
 #[test]
-fn a_duplicate_stream_name_and_a_metrics_port_in_use_are_errors() {
+fn a_duplicate_stream_name_and_ports_in_use_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("dup.toml");
     write(
@@ -428,6 +428,27 @@ fn a_duplicate_stream_name_and_a_metrics_port_in_use_are_errors() {
     assert_eq!(p.wait(Duration::from_secs(30)), Some(1));
     assert!(
         p.output().contains(&format!("metrics endpoint {addr}")),
+        "{}",
+        p.output()
+    );
+
+    let port = taken.local_addr().unwrap().port().to_string();
+    let mut p = Proc::spawn(
+        &[
+            "run",
+            "test://ball",
+            "--rtsp-out",
+            &port,
+            "--no-metrics",
+            "--out",
+            dir.path().to_str().unwrap(),
+        ],
+        &root(),
+    );
+    assert_eq!(p.wait(Duration::from_secs(30)), Some(1));
+    assert!(
+        p.output()
+            .contains(&format!("RTSP server 127.0.0.1:{port}")),
         "{}",
         p.output()
     );
@@ -551,6 +572,16 @@ fn rtsp_output_is_read_back_and_clients_come_and_go_without_leaking() {
         t.elapsed()
     );
     assert_eq!(state(&addr, "test-ball"), "playing");
+    // A clean stop closes the server and its clients, and finalizes the outputs.
+    let mut svc = svc;
+    svc.signal("-INT");
+    assert_eq!(
+        svc.wait(Duration::from_secs(30)),
+        Some(130),
+        "{}",
+        svc.output()
+    );
+    assert!(!svc.output().contains("panicked"), "{}", svc.output());
 }
 
 /// A real mosquitto receives the events and a retained status; while the broker is down, events

@@ -288,9 +288,10 @@ pub fn soak(spec: &RunSpec, frames: u64, every: Duration) -> Result<SoakReport, 
         outcomes = runner.reap();
         std::thread::sleep(Duration::from_millis(200));
     }
-    rss.push((t.elapsed().as_secs_f64(), rss_mib().0));
+    // The last sample is the one taken while the stream still ran: after it, its buffers are
+    // freed, and the drop would hide a leak.
     let sum = outcomes.remove(0).result?;
-    let warm = rss[(rss.len() / 10).max(1).min(rss.len() - 1)].1;
+    let warm = rss[(rss.len() / 10).min(rss.len().saturating_sub(1))].1;
     let last = rss.last().map_or(warm, |x| x.1);
     Ok(SoakReport {
         frames_in: frames,

@@ -53,6 +53,7 @@ impl DetectorCommon {
             score,
             bbox: crate::detection::BBox { x1, y1, x2, y2 },
             keypoints: Vec::new(),
+            track_id: None,
         }
     }
 

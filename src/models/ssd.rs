@@ -118,6 +118,7 @@ impl Detector for Ssd {
                 score: s[i],
                 bbox: BBox { x1, y1, x2, y2 },
                 keypoints: Vec::new(),
+                track_id: None,
             });
         }
         Ok(dets)

@@ -600,6 +600,7 @@ mod tests {
                 y2: 10.0,
             },
             keypoints: Vec::new(),
+            track_id: None,
         }
     }
 

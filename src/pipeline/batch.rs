@@ -40,8 +40,27 @@ pub struct BatchSettings {
     /// How long a batch waits for more frames; one frame interval of the fastest stream when
     /// unset.
     pub timeout_ms: Option<f64>,
-    /// Engine sessions run side by side, each with `[engine] threads` threads.
+    /// Engine sessions run side by side, each with `[engine] threads` threads; 0 picks
+    /// [`BatchSettings::layout`]'s.
     pub replicas: usize,
+}
+
+impl BatchSettings {
+    /// The engine layout to run: `(replicas, threads per engine)`. Left to choose (`replicas`
+    /// and `threads` 0), a CPU gets one single-threaded engine per core: `bench --suite
+    /// layouts` measured it faster than one engine spread over every core, on SSD and on
+    /// CenterNet (docs/benchmarks.md), since one operator split over the cores leaves them idle
+    /// between small operators. A GPU gets one engine.
+    pub fn layout(&self, engine: &crate::engine::EngineConfig) -> (usize, usize) {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpu = engine.provider == crate::engine::Provider::Cpu;
+        match (self.replicas, engine.threads) {
+            (0, _) if !cpu => (1, engine.threads),
+            (0, 0) => (cores, 1),
+            (0, t) => ((cores / t).max(1), t),
+            (r, t) => (r, t),
+        }
+    }
 }
 
 impl Default for BatchSettings {
@@ -49,7 +68,7 @@ impl Default for BatchSettings {
         Self {
             max_batch: 4,
             timeout_ms: None,
-            replicas: 1,
+            replicas: 0,
         }
     }
 }

@@ -94,6 +94,8 @@ pub struct RunSpec {
     pub segment: Duration,
     /// Serve the annotated video over RTSP when the service runs an RTSP server.
     pub rtsp_out: bool,
+    /// Object tracking (IDs on detections, `tracks.jsonl`).
+    pub tracker: crate::track::TrackerSettings,
 }
 
 impl RunSpec {
@@ -112,6 +114,7 @@ impl RunSpec {
             live: LiveSettings::default(),
             segment: Duration::from_secs(600),
             rtsp_out: true,
+            tracker: crate::track::TrackerSettings::default(),
         }
     }
 
@@ -191,6 +194,8 @@ pub struct Progress {
 #[derive(Debug, Clone, Serialize)]
 pub struct OutputPaths {
     pub events: Option<PathBuf>,
+    /// Track lifecycle events, when tracking is on.
+    pub tracks: Option<PathBuf>,
     /// The annotated video; for a live stream, the first of its segments.
     pub video: Option<PathBuf>,
     pub summary: PathBuf,
@@ -229,6 +234,8 @@ pub struct Summary {
     pub batched_frames: u64,
     /// The 99th percentile of capture (leaving the decoder) to event, in milliseconds.
     pub end_to_end_p99_ms: f64,
+    /// Tracks reported (`new` events), by label.
+    pub tracks_by_label: BTreeMap<String, u64>,
     pub outputs: OutputPaths,
 }
 

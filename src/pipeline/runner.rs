@@ -69,6 +69,7 @@ pub struct StreamSpec {
     pub segment: Duration,
     /// Serve the annotated video at `rtsp://…/<name>` on this server.
     pub rtsp: Option<Arc<crate::rtsp::RtspServer>>,
+    pub tracker: crate::track::TrackerSettings,
 }
 
 impl StreamSpec {
@@ -84,6 +85,7 @@ impl StreamSpec {
             live: spec.live.clone(),
             segment: spec.segment,
             rtsp: None,
+            tracker: spec.tracker.clone(),
         }
     }
 }
@@ -159,11 +161,16 @@ impl Runner {
     }
 
     fn load(&self, model: &Manifest) -> Result<ModelEntry, PipelineError> {
-        let (first, detector) = load_model(model, &self.spec.engine)?;
+        let (replicas, threads) = self.spec.batch.layout(&self.spec.engine);
+        let engine_cfg = EngineConfig {
+            threads,
+            ..self.spec.engine.clone()
+        };
+        let (first, detector) = load_model(model, &engine_cfg)?;
         let provider = format!("{:?}", first.provider()).to_lowercase();
         let mut engines = vec![first];
-        for _ in 1..self.spec.batch.replicas.max(1) {
-            engines.push(Engine::load(&model.file, &self.spec.engine)?);
+        for _ in 1..replicas.max(1) {
+            engines.push(Engine::load(&model.file, &engine_cfg)?);
         }
         let detector: Arc<dyn Detector> = Arc::from(detector);
         let stage = ModelStage::start(

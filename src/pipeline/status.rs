@@ -117,6 +117,8 @@ pub trait Observer: Send + Sync {
     fn queue_depth(&self, _queue: &str, _n: usize) {}
     /// One `events.jsonl` record, already serialized.
     fn event(&self, _stream: &str, _json: &[u8]) {}
+    /// One `tracks.jsonl` record, already serialized.
+    fn track_event(&self, _stream: &str, _json: &[u8]) {}
     /// The stream is gone (removed by a reload): its series may go.
     fn removed(&self, _stream: &str) {}
 }

@@ -19,8 +19,10 @@ use super::{
 use crate::ingest::IngestError;
 use crate::models::Detector;
 use crate::preprocess::Preprocessor;
+use crate::sinks::tracks::{TrackRecord, TracksFile};
 use crate::sinks::{events::EventRecord, events::JsonlSink, video::AnnotatedVideo, Sink};
 use crate::stats::{rss_mib, Latency};
+use crate::track::{TrackEvent, Tracker};
 
 /// What the summary names besides the counts.
 struct Meta {
@@ -75,6 +77,7 @@ impl RunningStream {
             error: Mutex::new(None),
         });
         let (sinks, outputs) = open_sinks(&spec)?;
+        let outputs_tracks = outputs.tracks.clone();
         let meta = Meta {
             source: spec.source.display().to_string(),
             model: spec.model.name.clone(),
@@ -120,11 +123,21 @@ impl RunningStream {
         let preprocess = spawn("preprocess", move || {
             preprocess_stage(detector.as_ref(), pre, q_rx, stage)
         });
+        let tracking = match &outputs_tracks {
+            Some(p) => Some(Tracking {
+                tracker: Tracker::new(spec.tracker.clone()),
+                file: TracksFile::create(p)?,
+                live,
+                started,
+            }),
+            None => None,
+        };
         let sink_ctx = SinkCtx {
             shared: shared.clone(),
             observers: w.board.observers().to_vec(),
             progress: w.progress,
             started,
+            tracking,
         };
         let sinks = spawn("sinks", move || sink_stage(sinks, s_rx, sink_ctx));
         Ok(Self {
@@ -244,6 +257,7 @@ fn summary(
         reason: None,
         reconnects: 0,
         batched_frames: tally.batched,
+        tracks_by_label: tally.tracks.clone(),
         end_to_end_p99_ms: tally
             .lat
             .get("end_to_end")
@@ -288,6 +302,10 @@ fn open_sinks(spec: &StreamSpec) -> Result<(Vec<Box<dyn Sink>>, OutputPaths), Pi
                 "annotated.mp4".into()
             })
         }),
+        tracks: spec
+            .tracker
+            .enabled
+            .then(|| spec.out_dir.join("tracks.jsonl")),
         summary: spec.out_dir.join("summary.json"),
     };
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
@@ -384,6 +402,7 @@ struct SinkTally {
     frames: u64,
     total_dets: u64,
     batched: u64,
+    tracks: BTreeMap<String, u64>,
 }
 
 struct SinkCtx {
@@ -391,12 +410,72 @@ struct SinkCtx {
     observers: Vec<Arc<dyn Observer>>,
     progress: Option<Sender<Progress>>,
     started: Instant,
+    tracking: Option<Tracking>,
+}
+
+/// The track stage of one stream: its tracker and its `tracks.jsonl`.
+struct Tracking {
+    tracker: Tracker,
+    file: TracksFile,
+    /// A live stream's clock is the wall clock (its timestamps restart on reconnect); a file's
+    /// is its own timestamps, so that its tracks do not depend on how fast it was analysed.
+    live: bool,
+    started: Instant,
+}
+
+impl Tracking {
+    fn apply(
+        &mut self,
+        det: &mut Detected,
+        ctx: &SinkCtx,
+        tally: &mut SinkTally,
+    ) -> Result<(), PipelineError> {
+        let f = &det.d.frame;
+        let t = match (self.live, f.pts) {
+            (false, Some(pts)) => pts.nseconds() as f64 / 1e9,
+            (false, None) => f.number as f64 / f.fps().unwrap_or(25.0),
+            (true, _) => det.d.born.duration_since(self.started).as_secs_f64(),
+        };
+        self.tracker.update(t, f.number, &mut det.detections);
+        self.flush(&ctx.shared.name, &ctx.observers, tally)
+    }
+
+    fn flush(
+        &mut self,
+        stream: &str,
+        observers: &[Arc<dyn Observer>],
+        tally: &mut SinkTally,
+    ) -> Result<(), PipelineError> {
+        for ev in self.tracker.drain_events() {
+            if let TrackEvent::New { label, .. } = &ev {
+                *tally.tracks.entry(label.clone()).or_default() += 1;
+            }
+            let json = serde_json::to_vec(&TrackRecord { stream, event: &ev }).unwrap_or_default();
+            self.file.write(&json)?;
+            for o in observers {
+                o.track_event(stream, &json);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends every open track (the stream ended) and closes the file.
+    fn finish(
+        mut self,
+        stream: &str,
+        observers: &[Arc<dyn Observer>],
+        tally: &mut SinkTally,
+    ) -> Result<(), PipelineError> {
+        self.tracker.finish();
+        self.flush(stream, observers, tally)?;
+        Ok(self.file.finish()?)
+    }
 }
 
 fn sink_stage(
     mut sinks: Vec<Box<dyn Sink>>,
     rx: Receiver<Detected>,
-    ctx: SinkCtx,
+    mut ctx: SinkCtx,
 ) -> Result<SinkTally, PipelineError> {
     crate::sched::background();
     let mut tally = SinkTally::default();
@@ -407,8 +486,14 @@ fn sink_stage(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     };
-    for det in rx.iter() {
+    let mut tracking = ctx.tracking.take();
+    for mut det in rx.iter() {
         let t = Instant::now();
+        if let Some(tr) = tracking.as_mut() {
+            if let Err(e) = tr.apply(&mut det, &ctx, &mut tally) {
+                result = Err(e);
+            }
+        }
         for sink in sinks.iter_mut() {
             if let Err(e) = sink.write(&det.d.frame, &det.detections) {
                 result = Err(e.into());
@@ -429,6 +514,12 @@ fn sink_stage(
         }
     }
     drop(rx);
+    if let Some(tr) = tracking {
+        let r = tr.finish(&ctx.shared.name, &ctx.observers, &mut tally);
+        if result.is_ok() {
+            result = r;
+        }
+    }
     // Finalize every sink even if one failed, so each file is as complete as it can be.
     for sink in sinks {
         let r = sink.finish();

@@ -48,7 +48,10 @@ fn layout(width: u32, height: u32, dets: &[Detection]) -> opencv::Result<(i32, f
             (b.x2 - b.x1).max(1.0) as i32,
             (b.y2 - b.y1).max(1.0) as i32,
         );
-        let text = format!("{} {:.2}", d.label, d.score);
+        let text = match d.track_id {
+            Some(id) => format!("{} #{id} {:.2}", d.label, d.score),
+            None => format!("{} {:.2}", d.label, d.score),
+        };
         let mut base = 0;
         let size =
             imgproc::get_text_size(&text, imgproc::FONT_HERSHEY_SIMPLEX, scale, 1, &mut base)?;

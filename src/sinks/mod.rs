@@ -2,6 +2,7 @@
 
 pub mod draw;
 pub mod events;
+pub mod tracks;
 pub mod video;
 
 use crate::detection::Detection;
