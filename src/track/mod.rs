@@ -277,7 +277,13 @@ impl Tracker {
 
     fn hit(&mut self, ti: usize, t: f64, frame: u64, det: &mut Detection) {
         let interval = self.s.update_interval_s;
-        let min_hits = self.s.min_hits;
+        // An ID is given when a track is first reported, so that the IDs a stream shows count
+        // 1, 2, 3 … with no gaps for tentative tracks that never made it.
+        let report = !self.tracks[ti].reported && self.tracks[ti].hits + 1 >= self.s.min_hits;
+        if report {
+            self.tracks[ti].id = self.next_id;
+            self.next_id += 1;
+        }
         let tr = &mut self.tracks[ti];
         tr.filter.update(to_measure(&det.bbox));
         tr.hits += 1;
@@ -288,7 +294,7 @@ impl Tracker {
             tr.best_score = det.score;
             tr.best_box = det.bbox;
         }
-        if !tr.reported && tr.hits >= min_hits {
+        if report {
             tr.reported = true;
             tr.last_update_event = t;
             self.events.push(TrackEvent::New {
@@ -314,10 +320,8 @@ impl Tracker {
     }
 
     fn start(&mut self, t: f64, frame: u64, det: &mut Detection) {
-        let id = self.next_id;
-        self.next_id += 1;
         self.tracks.push(Track {
-            id,
+            id: 0,
             class_id: det.class_id,
             label: det.label.clone(),
             filter: BoxFilter::new(to_measure(&det.bbox)),
