@@ -49,10 +49,11 @@ enum Cmd {
         json: Option<PathBuf>,
         /// What to measure: the bare engine against the pipeline (`pipeline`), or a live suite:
         /// `layouts` (replicas x threads), `streams` (N file streams batched), `latency`
-        /// (capture to event on a live source), `reconnect` (RTSP camera kill/restart), `soak`.
+        /// (capture to event on a live source), `reconnect` (RTSP camera kill/restart), `soak`,
+        /// `tracker` (the tracker alone, 50 objects a frame).
         #[arg(long, value_enum, default_value_t = Suite::Pipeline)]
         suite: Suite,
-        /// streams: how many; reconnect: cycles; soak: frames.
+        /// streams: how many; reconnect: cycles; soak: frames; tracker: objects per frame.
         #[arg(long)]
         count: Option<u64>,
     },
@@ -236,6 +237,7 @@ enum Suite {
     Latency,
     Reconnect,
     Soak,
+    Tracker,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -719,6 +721,9 @@ fn bench_live(
         Suite::Reconnect => {
             serde_json::to_value(live::reconnect(&spec, count.unwrap_or(20) as usize)?)?
         }
+        Suite::Tracker => {
+            serde_json::to_value(live::tracker(count.unwrap_or(50) as usize, 10_000))?
+        }
         Suite::Soak => serde_json::to_value(live::soak(
             &spec,
             count.unwrap_or(100_000),
@@ -742,6 +747,7 @@ fn suite_name(s: Suite) -> &'static str {
         Suite::Latency => "latency",
         Suite::Reconnect => "reconnect",
         Suite::Soak => "soak",
+        Suite::Tracker => "tracker",
     }
 }
 

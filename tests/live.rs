@@ -67,7 +67,13 @@ fn rtsp_camera_gives_detections_over_udp_and_tcp() {
         );
         assert_eq!(p.wait(Duration::from_secs(90)), Some(0), "{}", p.output());
         let s = summary(out.path());
-        assert_eq!(s["frames"], 30, "{transport}");
+        // A live stream keeps the newest frame: on a busy machine some of the 30 are dropped.
+        let (done, dropped) = (
+            s["frames"].as_u64().unwrap(),
+            s["dropped_frames"].as_u64().unwrap(),
+        );
+        assert_eq!(done + dropped, 30, "{transport}: {s}");
+        assert!(done >= 15, "{transport}: {s}");
         assert_eq!(s["state"], "finished");
         // vtest.avi shows several pedestrians in every frame.
         let people: usize = events(out.path())
@@ -556,9 +562,15 @@ fn rtsp_output_is_read_back_and_clients_come_and_go_without_leaking() {
             &root(),
         );
         assert_eq!(c.wait(Duration::from_secs(60)), Some(0), "{}", c.output());
-        summary(&out)["frames"].as_u64().unwrap()
+        let s = summary(&out);
+        let (done, dropped) = (
+            s["frames"].as_u64().unwrap(),
+            s["dropped_frames"].as_u64().unwrap(),
+        );
+        assert_eq!(done + dropped, 10, "{s}");
+        done
     };
-    assert!(read_back(0) >= 8, "the annotated stream did not come back");
+    assert!(read_back(0) >= 3, "the annotated stream did not come back");
     let mut rss = Vec::new();
     let t = Instant::now();
     for n in 1..=8 {

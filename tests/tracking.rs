@@ -138,3 +138,110 @@ fn tracker_parameters_out_of_range_name_the_stream_and_field() {
         "{err}"
     );
 }
+
+/// Four pedestrians of `vtest.avi`, boxed by hand (by eye, on the decoded frames 60, 90 and 120,
+/// in source pixels): the two walking side by side up the road, the man in grey walking away,
+/// and the man in jeans standing near the sign.
+/// A hand box: (frame, [x1, y1, x2, y2]).
+type HandBox = (u64, [f32; 4]);
+
+const PEOPLE: [(&str, [HandBox; 3]); 4] = [
+    (
+        "red jacket",
+        [
+            (60, [466.0, 203.0, 502.0, 293.0]),
+            (90, [461.0, 160.0, 491.0, 236.0]),
+            (120, [560.0, 127.0, 586.0, 193.0]),
+        ],
+    ),
+    (
+        "black coat",
+        [
+            (60, [503.0, 200.0, 533.0, 285.0]),
+            (90, [488.0, 162.0, 519.0, 234.0]),
+            (120, [586.0, 137.0, 610.0, 197.0]),
+        ],
+    ),
+    (
+        "grey jacket",
+        [
+            (60, [615.0, 232.0, 652.0, 342.0]),
+            (90, [571.0, 172.0, 598.0, 261.0]),
+            (120, [650.0, 130.0, 678.0, 205.0]),
+        ],
+    ),
+    (
+        "jeans",
+        [
+            (60, [378.0, 180.0, 401.0, 259.0]),
+            (90, [373.0, 178.0, 405.0, 258.0]),
+            (120, [375.0, 180.0, 404.0, 262.0]),
+        ],
+    ),
+];
+
+fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let i = iw * ih;
+    i / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - i)
+}
+
+/// Each labelled person is found and tracked at each labelled frame, the four never share an
+/// ID, and the ID is kept from one labelled frame to the next in at least half of the eight
+/// steps. 4 of 8 were kept on 2026-12-06 (AVX-512 VNNI CPU; the two walking side by side are
+/// sometimes one box, which costs them their IDs); the floor of 3 leaves room for another CPU's
+/// rounding of the quantized SSD. Issue 21 goes on from here.
+#[test]
+fn hand_labelled_pedestrians_keep_their_ids() {
+    let out = tempfile::tempdir().unwrap();
+    let r = edgesight(&[
+        "run",
+        asset("assets/vtest.avi").to_str().unwrap(),
+        "--max-frames",
+        "130",
+        "--no-video",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let events = lines(&out.path().join("events.jsonl"));
+    let id_at = |frame: u64, hand: [f32; 4]| -> Option<u64> {
+        let (best, id) = events[frame as usize]["detections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["label"] == "person")
+            .map(|d| {
+                let b = &d["box"];
+                let bx = ["x1", "y1", "x2", "y2"].map(|k| b[k].as_f64().unwrap() as f32);
+                (iou(hand, bx), d["track_id"].as_u64())
+            })
+            .fold((0.0, None), |acc, x| if x.0 > acc.0 { x } else { acc });
+        assert!(
+            best >= 0.3,
+            "frame {frame}: nobody detected at {hand:?} (best IoU {best})"
+        );
+        id
+    };
+    let mut kept = 0;
+    for frame_i in 0..3 {
+        let ids: Vec<u64> = PEOPLE
+            .iter()
+            .map(|(who, boxes)| {
+                id_at(boxes[frame_i].0, boxes[frame_i].1)
+                    .unwrap_or_else(|| panic!("{who} untracked"))
+            })
+            .collect();
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 4, "two people share a track: {ids:?}");
+    }
+    for (_, boxes) in PEOPLE {
+        for w in boxes.windows(2) {
+            kept += usize::from(id_at(w[0].0, w[0].1) == id_at(w[1].0, w[1].1));
+        }
+    }
+    assert!(kept >= 3, "IDs kept in {kept} of 8 steps");
+}

@@ -307,3 +307,54 @@ pub fn soak(spec: &RunSpec, frames: u64, every: Duration) -> Result<SoakReport, 
 pub fn scratch_dir() -> PathBuf {
     std::env::temp_dir().join(format!("edgesight-bench-{}", std::process::id()))
 }
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrackerReport {
+    pub objects: usize,
+    pub frames: u64,
+    pub mean_us: f64,
+    pub p99_us: f64,
+}
+
+/// The tracker alone on `objects` boxes moving about a 1920x1080 frame at 30 fps.
+pub fn tracker(objects: usize, frames: u64) -> TrackerReport {
+    use crate::detection::{BBox, Detection};
+    use crate::track::{Tracker, TrackerSettings};
+    let mut t = Tracker::new(TrackerSettings::default());
+    let mut lat = crate::stats::Latency::default();
+    let mut total = Duration::ZERO;
+    for f in 0..frames {
+        let mut dets: Vec<Detection> = (0..objects)
+            .map(|i| {
+                let (col, row) = ((i % 10) as f32, (i / 10) as f32);
+                let x = 20.0 + col * 180.0 + (f as f32 * (1.0 + i as f32 % 3.0)) % 150.0;
+                let y = 20.0 + row * 200.0;
+                Detection {
+                    class_id: (i % 2) as u32,
+                    label: "object".into(),
+                    score: 0.4 + 0.5 * ((i * 7 + f as usize) % 10) as f32 / 10.0,
+                    bbox: BBox {
+                        x1: x,
+                        y1: y,
+                        x2: x + 60.0,
+                        y2: y + 150.0,
+                    },
+                    keypoints: vec![],
+                    track_id: None,
+                }
+            })
+            .collect();
+        let t0 = Instant::now();
+        t.update(f as f64 / 30.0, f, &mut dets);
+        let d = t0.elapsed();
+        t.drain_events();
+        lat.record(d);
+        total += d;
+    }
+    TrackerReport {
+        objects,
+        frames,
+        mean_us: total.as_secs_f64() * 1e6 / frames.max(1) as f64,
+        p99_us: lat.quantile_ms(0.99) * 1e3,
+    }
+}

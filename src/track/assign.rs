@@ -17,7 +17,71 @@ const SCALE: f64 = 1e6;
 const FORBIDDEN: i64 = -1_000_000_000_000;
 
 /// Pairs `(row, column)` with `scores[row][column] >= gate`, maximising the sum of scores.
+///
+/// Rows and columns joined by no pair above the gate cannot affect each other's choice, so the
+/// problem splits into connected groups, solved one by one: in a scene of many objects nearly
+/// every group is one track and one detection, and the cubic solver only sees the few crowds.
 pub fn assign(scores: &[Vec<f32>], gate: f32) -> Vec<(usize, usize)> {
+    let rows = scores.len();
+    let cols = scores.first().map_or(0, Vec::len);
+    let mut groups = Groups::new(rows + cols);
+    for (r, row) in scores.iter().enumerate() {
+        for (c, &s) in row.iter().enumerate() {
+            if s >= gate {
+                groups.join(r, rows + c);
+            }
+        }
+    }
+    let mut members: std::collections::BTreeMap<usize, (Vec<usize>, Vec<usize>)> =
+        Default::default();
+    for r in 0..rows {
+        members.entry(groups.root(r)).or_default().0.push(r);
+    }
+    for c in 0..cols {
+        members.entry(groups.root(rows + c)).or_default().1.push(c);
+    }
+    let mut pairs = Vec::new();
+    for (rs, cs) in members.into_values() {
+        match (rs.as_slice(), cs.as_slice()) {
+            ([], _) | (_, []) => {}
+            ([r], [c]) => pairs.push((*r, *c)),
+            _ => {
+                let sub: Vec<Vec<f32>> = rs
+                    .iter()
+                    .map(|&r| cs.iter().map(|&c| scores[r][c]).collect())
+                    .collect();
+                pairs.extend(solve(&sub, gate).into_iter().map(|(i, j)| (rs[i], cs[j])));
+            }
+        }
+    }
+    pairs.sort_unstable();
+    pairs
+}
+
+/// Union-find over rows and columns.
+struct Groups(Vec<usize>);
+
+impl Groups {
+    fn new(n: usize) -> Self {
+        Self((0..n).collect())
+    }
+
+    fn root(&mut self, mut i: usize) -> usize {
+        while self.0[i] != i {
+            self.0[i] = self.0[self.0[i]];
+            i = self.0[i];
+        }
+        i
+    }
+
+    fn join(&mut self, a: usize, b: usize) {
+        let (ra, rb) = (self.root(a), self.root(b));
+        self.0[ra] = rb;
+    }
+}
+
+/// Kuhn–Munkres on one group, each row and column with a "stay unmatched" partner.
+fn solve(scores: &[Vec<f32>], gate: f32) -> Vec<(usize, usize)> {
     let rows = scores.len();
     let cols = scores.first().map_or(0, Vec::len);
     if rows == 0 || cols == 0 {
