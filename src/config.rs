@@ -25,6 +25,7 @@ use crate::engine::EngineConfig;
 use crate::models::{manifest::ManifestError, Manifest};
 use crate::pipeline::{BatchSettings, LiveSettings, RunSpec};
 use crate::source::SourceOptions;
+use crate::track::zones::{LineSpec, ZoneSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -68,6 +69,11 @@ pub struct PipelineFile {
     /// Object tracking of every stream; a stream may override it.
     #[serde(default)]
     pub tracker: crate::track::TrackerSettings,
+    /// Zones and lines of the single `[source]` stream (`[[streams]]` have their own).
+    #[serde(default)]
+    pub zones: Vec<ZoneSpec>,
+    #[serde(default)]
+    pub lines: Vec<LineSpec>,
     /// Where the file was read from, for errors.
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -96,6 +102,12 @@ pub struct StreamSection {
     pub output: Option<StreamOutput>,
     pub live: Option<LiveSettings>,
     pub tracker: Option<crate::track::TrackerSettings>,
+    /// Polygon zones, counted by the bottom centre of each tracked box.
+    #[serde(default)]
+    pub zones: Vec<ZoneSpec>,
+    /// Directed counting lines.
+    #[serde(default)]
+    pub lines: Vec<LineSpec>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -263,6 +275,9 @@ impl PipelineFile {
         spec.tracker
             .check()
             .map_err(|e| self.invalid(&format!("[tracker] {e}")))?;
+        spec.zones = self.zones.clone();
+        spec.lines = self.lines.clone();
+        check_counting(&spec).map_err(|e| self.invalid(&e))?;
         Ok(spec)
     }
 
@@ -315,6 +330,9 @@ impl PipelineFile {
             spec.tracker
                 .check()
                 .map_err(|e| bad(format!("[tracker] {e}")))?;
+            spec.zones = s.zones.clone();
+            spec.lines = s.lines.clone();
+            check_counting(&spec).map_err(bad)?;
             out.push((s.name.clone(), spec));
         }
         Ok(out)
@@ -385,6 +403,37 @@ impl ModelSection {
         }
         Ok(model)
     }
+}
+
+/// Zones and lines need the tracker, a usable shape, and classes the model has.
+fn check_counting(spec: &RunSpec) -> Result<(), String> {
+    if spec.zones.is_empty() && spec.lines.is_empty() {
+        return Ok(());
+    }
+    if !spec.tracker.enabled {
+        return Err("zones and lines count tracks: [tracker] enabled must be true".into());
+    }
+    crate::track::zones::Counter::new(spec.zones.clone(), spec.lines.clone())?;
+    // A model whose names come with the weights (YOLO's metadata) is checked when it loads.
+    let Some(path) = &spec.model.labels else {
+        return Ok(());
+    };
+    let labels = crate::models::Labels::from_file(path).map_err(|e| e.to_string())?;
+    let named = spec
+        .zones
+        .iter()
+        .map(|z| (format!("zone {}", z.name), &z.labels))
+        .chain(
+            spec.lines
+                .iter()
+                .map(|l| (format!("line {}", l.name), &l.labels)),
+        );
+    for (what, wanted) in named {
+        if let Some(unknown) = wanted.iter().find(|l| !labels.contains(l)) {
+            return Err(format!("{what}: the model has no class {unknown:?}"));
+        }
+    }
+    Ok(())
 }
 
 /// "line L, column C: message" on one line.

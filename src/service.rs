@@ -340,6 +340,12 @@ impl Observer for MetricsObserver {
     fn removed(&self, stream: &str) {
         self.0.remove_stream(stream);
     }
+    fn zone_objects(&self, stream: &str, zone: &str, label: &str, n: u64) {
+        self.0.zone_objects(stream, zone, label, n as usize);
+    }
+    fn line_crossing(&self, stream: &str, line: &str, label: &str, direction: &str) {
+        self.0.line_crossing(stream, line, label, direction);
+    }
 }
 
 /// Frigate's layout: `<prefix>/<stream>/events` per frame that reached the sinks, and a

@@ -245,3 +245,113 @@ fn hand_labelled_pedestrians_keep_their_ids() {
     }
     assert!(kept >= 3, "IDs kept in {kept} of 8 steps");
 }
+
+fn pipeline(dir: &Path, body: &str) -> std::path::PathBuf {
+    let f = dir.join("p.toml");
+    std::fs::write(&f, body).unwrap();
+    f
+}
+
+/// A zone over the road and a line across it: every entry is followed by one exit of the same
+/// track (tracks that end inside leave with the stream), dwell times are positive, and the
+/// summary's totals agree with the events.
+#[test]
+fn zone_entries_and_exits_pair_up_and_the_line_counts_each_track_once_per_direction() {
+    let dir = tempfile::tempdir().unwrap();
+    let vtest = asset("assets/vtest.avi");
+    let f = pipeline(
+        dir.path(),
+        &format!(
+            "[source]\nuri = \"{}\"\nname = \"vtest\"\nmax_frames = 400\n\n\
+             [output]\ndir = \"{}\"\nvideo = false\n\n\
+             [[zones]]\nname = \"road\"\npoints = [[0.0, 0.3], [1.0, 0.3], [1.0, 0.65], [0.0, 0.65]]\nlabels = [\"person\"]\n\n\
+             [[lines]]\nname = \"middle\"\nfrom = [0.5, 0.0]\nto = [0.5, 1.0]\nlabels = [\"person\"]\n",
+            vtest.display(),
+            dir.path().join("out").display()
+        ),
+    );
+    let r = edgesight(&["run", "--pipeline", f.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let out = dir.path().join("out");
+    let mut inside: BTreeMap<u64, u64> = BTreeMap::new(); // track -> frame it entered
+    let (mut entries, mut crossings) = (0u64, BTreeMap::<(u64, String), u32>::new());
+    for e in lines(&out.join("tracks.jsonl")) {
+        let id = e["track_id"].as_u64().unwrap();
+        match e["event"].as_str().unwrap() {
+            "zone_enter" => {
+                assert_eq!(e["label"], "person");
+                assert!(
+                    inside.insert(id, e["frame"].as_u64().unwrap()).is_none(),
+                    "{id} entered twice"
+                );
+                entries += 1;
+            }
+            "zone_leave" => {
+                let entered = inside
+                    .remove(&id)
+                    .unwrap_or_else(|| panic!("{id} left without entering"));
+                assert!(e["frame"].as_u64().unwrap() >= entered);
+                assert!(e["dwell_s"].as_f64().unwrap() > 0.0, "{e}");
+            }
+            "line_cross" => {
+                let key = (id, e["direction"].as_str().unwrap().to_string());
+                *crossings.entry(key).or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        inside.is_empty(),
+        "tracks still inside at the end: {inside:?}"
+    );
+    assert!(
+        entries >= 5,
+        "only {entries} entries: people walk along the road all the time"
+    );
+    assert!(
+        crossings.values().all(|&n| n == 1),
+        "a track counted twice in one direction"
+    );
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        s["counts"]["zones"]["road"]["entered"]["person"].as_u64(),
+        Some(entries)
+    );
+    let crossed: u64 = ["in", "out"]
+        .iter()
+        .map(|d| {
+            s["counts"]["lines"]["middle"][d]["person"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(crossed as usize, crossings.len());
+    assert!(crossed > 0, "nobody crossed the middle of the frame");
+}
+
+#[test]
+fn bad_zones_and_lines_name_the_stream_and_the_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    for (shape, want) in [
+        ("[[streams.zones]]\nname = \"z\"\npoints = [[0.1, 0.1], [0.5, 0.5]]\n", "zone z: a polygon needs 3 points"),
+        ("[[streams.zones]]\nname = \"z\"\npoints = [[0.0, 0.0], [0.5, 0.5], [0.5, 0.0], [0.0, 0.5]]\n", "zone z: the polygon crosses itself"),
+        ("[[streams.lines]]\nname = \"l\"\nfrom = [0.2, 0.2]\nto = [0.2, 0.2]\n", "line l: from and to are the same point"),
+        ("[[streams.zones]]\nname = \"z\"\npoints = [[0.1, 0.1], [0.5, 0.1], [0.3, 0.5]]\nlabels = [\"unicorn\"]\n", "zone z: the model has no class \"unicorn\""),
+        ("[[streams.lines]]\nname = \"l\"\nfrom = [10.0, 10.0]\nto = [5000.0, 10.0]\n", "line l: point [5000.0, 10.0] lies outside the 640x480 frame"),
+    ] {
+        let f = pipeline(
+            dir.path(),
+            &format!(
+                "[metrics]\nenabled = false\n\n[output]\ndir = \"{}\"\nvideo = false\n\n\
+                 [[streams]]\nname = \"door\"\nuri = \"test://ball?width=640&height=480\"\nmax_frames = 30\n{shape}",
+                dir.path().join("out").display()
+            ),
+        );
+        let r = edgesight(&["run", "--pipeline", f.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(1), "{want}: {err}");
+        assert!(err.contains("door") && err.contains(want), "{want}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

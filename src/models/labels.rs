@@ -69,6 +69,11 @@ impl Labels {
     }
 
     /// The name of `id`, or `class N` for ids the table lacks.
+    /// Whether a class of this name exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.values().any(|n| n == name)
+    }
+
     pub fn name(&self, id: u32) -> String {
         self.0
             .get(&id)

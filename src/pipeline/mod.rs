@@ -96,6 +96,9 @@ pub struct RunSpec {
     pub rtsp_out: bool,
     /// Object tracking (IDs on detections, `tracks.jsonl`).
     pub tracker: crate::track::TrackerSettings,
+    /// Zones and counting lines over the tracks.
+    pub zones: Vec<crate::track::zones::ZoneSpec>,
+    pub lines: Vec<crate::track::zones::LineSpec>,
 }
 
 impl RunSpec {
@@ -115,6 +118,8 @@ impl RunSpec {
             segment: Duration::from_secs(600),
             rtsp_out: true,
             tracker: crate::track::TrackerSettings::default(),
+            zones: Vec::new(),
+            lines: Vec::new(),
         }
     }
 
@@ -236,6 +241,8 @@ pub struct Summary {
     pub end_to_end_p99_ms: f64,
     /// Tracks reported (`new` events), by label.
     pub tracks_by_label: BTreeMap<String, u64>,
+    /// Zones' entries and exits and lines' crossings, by label, when any are configured.
+    pub counts: Option<serde_json::Value>,
     pub outputs: OutputPaths,
 }
 

@@ -70,6 +70,8 @@ pub struct StreamSpec {
     /// Serve the annotated video at `rtsp://…/<name>` on this server.
     pub rtsp: Option<Arc<crate::rtsp::RtspServer>>,
     pub tracker: crate::track::TrackerSettings,
+    pub zones: Vec<crate::track::zones::ZoneSpec>,
+    pub lines: Vec<crate::track::zones::LineSpec>,
 }
 
 impl StreamSpec {
@@ -86,6 +88,8 @@ impl StreamSpec {
             segment: spec.segment,
             rtsp: None,
             tracker: spec.tracker.clone(),
+            zones: spec.zones.clone(),
+            lines: spec.lines.clone(),
         }
     }
 }

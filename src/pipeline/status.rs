@@ -119,6 +119,10 @@ pub trait Observer: Send + Sync {
     fn event(&self, _stream: &str, _json: &[u8]) {}
     /// One `tracks.jsonl` record, already serialized.
     fn track_event(&self, _stream: &str, _json: &[u8]) {}
+    /// Objects of `label` in `zone` now.
+    fn zone_objects(&self, _stream: &str, _zone: &str, _label: &str, _n: u64) {}
+    /// A track crossed `line` in `direction` (`in` or `out`).
+    fn line_crossing(&self, _stream: &str, _line: &str, _label: &str, _direction: &str) {}
     /// The stream is gone (removed by a reload): its series may go.
     fn removed(&self, _stream: &str) {}
 }

@@ -19,9 +19,10 @@ use super::{
 use crate::ingest::IngestError;
 use crate::models::Detector;
 use crate::preprocess::Preprocessor;
-use crate::sinks::tracks::{TrackRecord, TracksFile};
+use crate::sinks::tracks::{CountRecord, TrackRecord, TracksFile};
 use crate::sinks::{events::EventRecord, events::JsonlSink, video::AnnotatedVideo, Sink};
 use crate::stats::{rss_mib, Latency};
+use crate::track::zones::{CountEvent, Counter, Seen};
 use crate::track::{TrackEvent, Tracker};
 
 /// What the summary names besides the counts.
@@ -129,6 +130,16 @@ impl RunningStream {
                 file: TracksFile::create(p)?,
                 live,
                 started,
+                counter: Some(
+                    Counter::new(spec.zones.clone(), spec.lines.clone()).map_err(|reason| {
+                        PipelineError::Stream {
+                            stream: spec.name.clone(),
+                            reason,
+                        }
+                    })?,
+                ),
+                resolved: false,
+                last: (0.0, 0),
             }),
             None => None,
         };
@@ -258,6 +269,7 @@ fn summary(
         reconnects: 0,
         batched_frames: tally.batched,
         tracks_by_label: tally.tracks.clone(),
+        counts: tally.counts.clone(),
         end_to_end_p99_ms: tally
             .lat
             .get("end_to_end")
@@ -403,6 +415,7 @@ struct SinkTally {
     total_dets: u64,
     batched: u64,
     tracks: BTreeMap<String, u64>,
+    counts: Option<serde_json::Value>,
 }
 
 struct SinkCtx {
@@ -421,6 +434,11 @@ struct Tracking {
     /// is its own timestamps, so that its tracks do not depend on how fast it was analysed.
     live: bool,
     started: Instant,
+    /// Zones and lines, once their coordinates are resolved against the first frame's size.
+    counter: Option<Counter>,
+    resolved: bool,
+    /// Time and number of the latest frame, for zone exits of tracks that end.
+    last: (f64, u64),
 }
 
 impl Tracking {
@@ -437,7 +455,37 @@ impl Tracking {
             (true, _) => det.d.born.duration_since(self.started).as_secs_f64(),
         };
         self.tracker.update(t, f.number, &mut det.detections);
+        self.count(t, det, &ctx.shared.name)?;
         self.flush(&ctx.shared.name, &ctx.observers, tally)
+    }
+
+    /// Feeds the tracked objects' bottom centres to the zones and lines.
+    fn count(&mut self, t: f64, det: &Detected, stream: &str) -> Result<(), PipelineError> {
+        let Some(counter) = self.counter.as_mut() else {
+            return Ok(());
+        };
+        let f = &det.d.frame;
+        if !self.resolved {
+            counter
+                .resolve(f.width(), f.height())
+                .map_err(|reason| PipelineError::Stream {
+                    stream: stream.to_string(),
+                    reason,
+                })?;
+            self.resolved = true;
+        }
+        let seen: Vec<Seen> = det
+            .detections
+            .iter()
+            .filter_map(|d| {
+                let b = &d.bbox;
+                d.track_id
+                    .map(|id| (id, d.label.clone(), [(b.x1 + b.x2) / 2.0, b.y2]))
+            })
+            .collect();
+        counter.observe(t, f.number, &seen);
+        self.last = (t, f.number);
+        Ok(())
     }
 
     fn flush(
@@ -446,15 +494,61 @@ impl Tracking {
         observers: &[Arc<dyn Observer>],
         tally: &mut SinkTally,
     ) -> Result<(), PipelineError> {
+        let (t, frame) = self.last;
         for ev in self.tracker.drain_events() {
-            if let TrackEvent::New { label, .. } = &ev {
-                *tally.tracks.entry(label.clone()).or_default() += 1;
+            match &ev {
+                TrackEvent::New { label, .. } => {
+                    *tally.tracks.entry(label.clone()).or_default() += 1
+                }
+                TrackEvent::End { track_id, .. } => {
+                    if let Some(c) = self.counter.as_mut() {
+                        c.ended(t, frame, *track_id);
+                    }
+                }
+                TrackEvent::Update { .. } => {}
             }
             let json = serde_json::to_vec(&TrackRecord { stream, event: &ev }).unwrap_or_default();
-            self.file.write(&json)?;
-            for o in observers {
-                o.track_event(stream, &json);
+            self.write(stream, &json, observers)?;
+        }
+        let Some(counter) = self.counter.as_mut() else {
+            return Ok(());
+        };
+        let events = counter.drain_events();
+        let occupancy = counter.occupancy();
+        for ev in events {
+            if let CountEvent::LineCross {
+                line,
+                label,
+                direction,
+                ..
+            } = &ev
+            {
+                for o in observers {
+                    o.line_crossing(stream, line, label, direction);
+                }
             }
+            let json = serde_json::to_vec(&CountRecord { stream, event: &ev }).unwrap_or_default();
+            self.write(stream, &json, observers)?;
+        }
+        for (zone, by_label) in occupancy {
+            for (label, n) in by_label {
+                for o in observers {
+                    o.zone_objects(stream, &zone, &label, n);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write(
+        &mut self,
+        stream: &str,
+        json: &[u8],
+        observers: &[Arc<dyn Observer>],
+    ) -> Result<(), PipelineError> {
+        self.file.write(json)?;
+        for o in observers {
+            o.track_event(stream, json);
         }
         Ok(())
     }
@@ -468,6 +562,11 @@ impl Tracking {
     ) -> Result<(), PipelineError> {
         self.tracker.finish();
         self.flush(stream, observers, tally)?;
+        tally.counts = self
+            .counter
+            .as_ref()
+            .filter(|c| !c.is_empty())
+            .map(Counter::totals);
         Ok(self.file.finish()?)
     }
 }

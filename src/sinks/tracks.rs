@@ -16,6 +16,13 @@ pub struct TrackRecord<'a> {
     pub event: &'a TrackEvent,
 }
 
+#[derive(Serialize)]
+pub struct CountRecord<'a> {
+    pub stream: &'a str,
+    #[serde(flatten)]
+    pub event: &'a crate::track::zones::CountEvent,
+}
+
 pub struct TracksFile {
     path: PathBuf,
     out: BufWriter<File>,

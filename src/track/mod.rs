@@ -29,6 +29,7 @@
 
 pub mod assign;
 pub mod kalman;
+pub mod zones;
 
 use std::collections::VecDeque;
 
