@@ -242,7 +242,7 @@ impl Ingest {
         let (board, name) = (&self.board, self.name());
         let stall = self.live.stall_timeout();
         let started = Instant::now();
-        let (mut last_buffer, mut last_pts, mut pts_moved) = (started, None, started);
+        let mut watch = StallWatch::new(stall, started);
         let mut waited = started;
         // Frames of this connection: the decoder's own count goes on from the last one.
         let mut got = 0u64;
@@ -259,14 +259,8 @@ impl Ingest {
                         backoff.reset();
                         *failures = 0;
                     }
-                    last_buffer = now;
-                    if frame.pts != last_pts || frame.pts.is_none() {
-                        (last_pts, pts_moved) = (frame.pts, now);
-                    } else if now - pts_moved > stall {
-                        return self.stalled(format!(
-                            "frozen: the timestamp has not moved for {:.0} s",
-                            stall.as_secs_f64()
-                        ));
+                    if let Some(reason) = watch.frame(frame.pts.map(|p| p.nseconds()), now) {
+                        return self.stalled(reason);
                     }
                     board.frame(name);
                     let d = decoded(frame, &self.shared, waited.elapsed());
@@ -275,15 +269,11 @@ impl Ingest {
                     }
                     waited = Instant::now();
                 }
-                Ok(Next::Pending) if now - last_buffer > stall => {
-                    let what = if got == 0 {
-                        "no frame within"
-                    } else {
-                        "no frame for"
-                    };
-                    return self.stalled(format!("{what} {:.0} s", stall.as_secs_f64()));
+                Ok(Next::Pending) => {
+                    if let Some(reason) = watch.idle(now) {
+                        return self.stalled(reason);
+                    }
                 }
-                Ok(Next::Pending) => {}
                 Ok(Next::Eos) => return Ended::Failed("the source ended the stream".into()),
                 Err(e) => return Ended::Failed(e.to_string()),
             }
@@ -312,6 +302,121 @@ impl Ingest {
 enum Ended {
     Stopped,
     Failed(String),
+}
+
+/// Tells a stall: no frame for `timeout`, or frames whose timestamp has not moved for
+/// `timeout` (a frozen camera that keeps sending its last picture).
+pub struct StallWatch {
+    timeout: Duration,
+    last_frame: Instant,
+    last_pts: Option<u64>,
+    pts_moved: Instant,
+    frames: u64,
+}
+
+impl StallWatch {
+    pub fn new(timeout: Duration, now: Instant) -> Self {
+        Self {
+            timeout,
+            last_frame: now,
+            last_pts: None,
+            pts_moved: now,
+            frames: 0,
+        }
+    }
+
+    /// A frame with timestamp `pts` (nanoseconds) arrived at `now`; why the stream is frozen,
+    /// if it is. A source without timestamps is never called frozen.
+    pub fn frame(&mut self, pts: Option<u64>, now: Instant) -> Option<String> {
+        self.frames += 1;
+        self.last_frame = now;
+        if pts.is_none() || pts != self.last_pts {
+            (self.last_pts, self.pts_moved) = (pts, now);
+            return None;
+        }
+        (now - self.pts_moved > self.timeout).then(|| {
+            format!(
+                "frozen: the timestamp has not moved for {:.0} s",
+                self.timeout.as_secs_f64()
+            )
+        })
+    }
+
+    /// Nothing arrived by `now`; why the stream is stalled, if it is.
+    pub fn idle(&self, now: Instant) -> Option<String> {
+        (now - self.last_frame > self.timeout).then(|| {
+            let what = if self.frames == 0 {
+                "no frame within"
+            } else {
+                "no frame for"
+            };
+            format!("{what} {:.0} s", self.timeout.as_secs_f64())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frozen_timestamp_is_a_stall_after_the_timeout() {
+        let t0 = Instant::now();
+        let s = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut w = StallWatch::new(Duration::from_secs(2), t0);
+        // A moving stream at 10 fps: never frozen.
+        for i in 0..30 {
+            assert_eq!(w.frame(Some(i * 100_000_000), s(i * 100)), None);
+        }
+        // Then the same picture again and again, frames still arriving.
+        let frozen: Vec<Option<String>> = (30..60)
+            .map(|i| w.frame(Some(2_900_000_000), s(i * 100)))
+            .collect();
+        assert!(
+            frozen[..20].iter().all(Option::is_none),
+            "called frozen too early"
+        );
+        assert!(
+            frozen[25]
+                .as_deref()
+                .is_some_and(|r| r.starts_with("frozen")),
+            "{frozen:?}"
+        );
+        assert_eq!(w.idle(s(5950)), None, "frames were arriving");
+    }
+
+    #[test]
+    fn silence_is_a_stall_and_timestamps_absent_are_not_frozen() {
+        let t0 = Instant::now();
+        let mut w = StallWatch::new(Duration::from_secs(5), t0);
+        assert_eq!(w.idle(t0 + Duration::from_secs(4)), None);
+        assert_eq!(
+            w.idle(t0 + Duration::from_secs(6)).as_deref(),
+            Some("no frame within 5 s")
+        );
+        for i in 0..100 {
+            assert_eq!(w.frame(None, t0 + Duration::from_millis(i * 100)), None);
+        }
+        assert_eq!(
+            w.idle(t0 + Duration::from_secs(16)).as_deref(),
+            Some("no frame for 5 s")
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        let waits: Vec<f64> = (0..8).map(|_| b.next_wait().as_secs_f64()).collect();
+        for (i, w) in waits.iter().enumerate() {
+            let base = (1u64 << i).min(30) as f64;
+            assert!(
+                *w >= 0.5 * base && *w <= 1.5 * base,
+                "wait {i}: {w} (base {base})"
+            );
+        }
+        b.reset();
+        assert!(b.next_wait() <= Duration::from_millis(1500));
+    }
 }
 
 fn decoded(frame: crate::frame::Frame, shared: &Arc<StreamShared>, decode: Duration) -> Decoded {
