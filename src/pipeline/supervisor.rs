@@ -355,6 +355,19 @@ impl StallWatch {
     }
 }
 
+fn decoded(frame: crate::frame::Frame, shared: &Arc<StreamShared>, decode: Duration) -> Decoded {
+    Decoded {
+        frame,
+        key: shared.key,
+        born: Instant::now(),
+        times: Times {
+            decode,
+            ..Times::default()
+        },
+        batch: 1,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,18 +429,5 @@ mod tests {
         }
         b.reset();
         assert!(b.next_wait() <= Duration::from_millis(1500));
-    }
-}
-
-fn decoded(frame: crate::frame::Frame, shared: &Arc<StreamShared>, decode: Duration) -> Decoded {
-    Decoded {
-        frame,
-        key: shared.key,
-        born: Instant::now(),
-        times: Times {
-            decode,
-            ..Times::default()
-        },
-        batch: 1,
     }
 }
