@@ -24,7 +24,9 @@
 //!     t.update(i as f64 / 10.0, i, &mut dets);
 //!     ids.push(dets[0].track_id);
 //! }
-//! assert!(ids.iter().all(|id| *id == Some(1)));
+//! // Reported from its third frame (`min_hits`), then always the same ID.
+//! assert!(ids[..2].iter().all(Option::is_none));
+//! assert!(ids[2..].iter().all(|id| *id == Some(1)));
 //! ```
 
 pub mod assign;
