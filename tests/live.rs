@@ -678,3 +678,32 @@ fn mqtt_gets_events_in_order_across_a_broker_outage_and_the_last_will() {
         "no last will"
     );
 }
+
+/// A live stream's video is cut into segments; each one is finalized and plays.
+#[test]
+fn live_video_is_cut_into_playable_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("seg.toml");
+    write(
+        &f,
+        &format!(
+            "[output]\ndir = \"{}\"\nsegment_s = 1.0\n\n[metrics]\nenabled = false\n\n\
+             [[streams]]\nname = \"cam\"\nuri = \"test://ball?width=320&height=240&fps=15\"\nmax_frames = 50\n",
+            dir.path().display()
+        ),
+    );
+    let mut p = Proc::spawn(&["run", "--pipeline", f.to_str().unwrap()], &root());
+    assert_eq!(p.wait(Duration::from_secs(60)), Some(0), "{}", p.output());
+    let mut total = 0;
+    for i in 0..2 {
+        let seg = dir.path().join(format!("cam/annotated-{i:04}.mp4"));
+        let (frames, w, h) = common::decode_count(&seg);
+        assert!(
+            frames > 0 && (w, h) == (320, 240),
+            "{}: {frames} frames {w}x{h}",
+            seg.display()
+        );
+        total += frames;
+    }
+    assert!(total >= 20, "{total} frames in the first two segments");
+}
