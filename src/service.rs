@@ -367,6 +367,9 @@ impl Observer for MqttObserver {
             true,
         );
     }
+    fn wants_events(&self) -> bool {
+        true
+    }
     fn event(&self, stream: &str, json: &[u8]) {
         let _ = self
             .0

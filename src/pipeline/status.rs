@@ -115,6 +115,10 @@ pub trait Observer: Send + Sync {
     fn capture_to_event(&self, _stream: &str, _d: Duration) {}
     fn batch(&self, _n: usize) {}
     fn queue_depth(&self, _queue: &str, _n: usize) {}
+    /// Whether [`Observer::event`] wants each frame's record (serializing it costs).
+    fn wants_events(&self) -> bool {
+        false
+    }
     /// One `events.jsonl` record, already serialized.
     fn event(&self, _stream: &str, _json: &[u8]) {}
     /// One `tracks.jsonl` record, already serialized.

@@ -656,8 +656,13 @@ fn observe(ctx: &SinkCtx, det: &Detected) {
     if ctx.observers.is_empty() {
         return;
     }
-    let record = EventRecord::new(&det.d.frame, &det.detections);
-    let json = serde_json::to_vec(&record).unwrap_or_default();
+    // Serialized once, and only when someone (MQTT) takes the record.
+    let json = ctx
+        .observers
+        .iter()
+        .any(|o| o.wants_events())
+        .then(|| serde_json::to_vec(&EventRecord::new(&det.d.frame, &det.detections)))
+        .and_then(Result::ok);
     let age = det.d.born.elapsed();
     let t = det.d.times;
     for o in &ctx.observers {
@@ -670,6 +675,8 @@ fn observe(ctx: &SinkCtx, det: &Detected) {
         ] {
             o.latency(stage, d);
         }
-        o.event(&ctx.shared.name, &json);
+        if let Some(json) = &json {
+            o.event(&ctx.shared.name, json);
+        }
     }
 }
