@@ -14,6 +14,9 @@ demo: build
 
 test: setup
 	cargo test --release
+	@if [ -f ../shared/fixtures/yolov8s-random-640-dynbatch.onnx ]; then \
+		cargo test --release --test yolov8_fixture --test bad_input -- --ignored; \
+	else echo "YOLOv8 fixture tests ignored: ../shared/fixtures is absent"; fi
 
 bench: build
 	./target/release/edgesight bench --json out/bench/bench.json

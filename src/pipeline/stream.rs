@@ -546,7 +546,7 @@ impl Tracking {
         json: &[u8],
         observers: &[Arc<dyn Observer>],
     ) -> Result<(), PipelineError> {
-        self.file.write(json)?;
+        self.file.write_line(json)?;
         for o in observers {
             o.track_event(stream, json);
         }

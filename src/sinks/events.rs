@@ -34,12 +34,13 @@ impl<'a> EventRecord<'a> {
     }
 }
 
-pub struct JsonlSink {
+/// A JSON-lines file: one record a line, flushed and synced when finished.
+pub struct JsonLines {
     path: PathBuf,
     out: BufWriter<File>,
 }
 
-impl JsonlSink {
+impl JsonLines {
     pub fn create(path: &Path) -> Result<Self, SinkError> {
         let file = File::create(path).map_err(|e| SinkError::Io {
             path: path.display().to_string(),
@@ -51,7 +52,26 @@ impl JsonlSink {
         })
     }
 
-    fn io_err(&self, e: impl ToString) -> SinkError {
+    /// Writes one record, already serialized.
+    pub fn write_line(&mut self, json: &[u8]) -> Result<(), SinkError> {
+        self.out
+            .write_all(json)
+            .and_then(|()| self.out.write_all(b"\n"))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Serializes and writes one record.
+    pub fn write_record(&mut self, rec: &impl Serialize) -> Result<(), SinkError> {
+        serde_json::to_writer(&mut self.out, rec).map_err(|e| self.err(e))?;
+        self.out.write_all(b"\n").map_err(|e| self.err(e))
+    }
+
+    pub fn finish(mut self) -> Result<(), SinkError> {
+        self.out.flush().map_err(|e| self.err(e))?;
+        self.out.get_ref().sync_all().map_err(|e| self.err(e))
+    }
+
+    fn err(&self, e: impl ToString) -> SinkError {
         SinkError::Io {
             path: self.path.display().to_string(),
             reason: e.to_string(),
@@ -59,15 +79,21 @@ impl JsonlSink {
     }
 }
 
+/// `events.jsonl`.
+pub struct JsonlSink(JsonLines);
+
+impl JsonlSink {
+    pub fn create(path: &Path) -> Result<Self, SinkError> {
+        JsonLines::create(path).map(Self)
+    }
+}
+
 impl Sink for JsonlSink {
     fn write(&mut self, frame: &Frame, detections: &[Detection]) -> Result<(), SinkError> {
-        let rec = EventRecord::new(frame, detections);
-        serde_json::to_writer(&mut self.out, &rec).map_err(|e| self.io_err(e))?;
-        self.out.write_all(b"\n").map_err(|e| self.io_err(e))
+        self.0.write_record(&EventRecord::new(frame, detections))
     }
 
-    fn finish(mut self: Box<Self>) -> Result<(), SinkError> {
-        self.out.flush().map_err(|e| self.io_err(e))?;
-        self.out.get_ref().sync_all().map_err(|e| self.io_err(e))
+    fn finish(self: Box<Self>) -> Result<(), SinkError> {
+        self.0.finish()
     }
 }

@@ -91,11 +91,15 @@ impl TrackerSettings {
                 .then_some(())
                 .ok_or(format!("{name} = {v}: must lie between 0 and 1"))
         };
-        unit("high_score", self.high_score)?;
-        unit("low_score", self.low_score)?;
-        unit("new_track_score", self.new_track_score)?;
-        unit("match_iou", self.match_iou)?;
-        unit("low_match_iou", self.low_match_iou)?;
+        for (name, v) in [
+            ("high_score", self.high_score),
+            ("low_score", self.low_score),
+            ("new_track_score", self.new_track_score),
+            ("match_iou", self.match_iou),
+            ("low_match_iou", self.low_match_iou),
+        ] {
+            unit(name, v)?;
+        }
         if self.low_score > self.high_score {
             return Err("low_score must not exceed high_score".into());
         }

@@ -17,6 +17,21 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The shape-true YOLOv8s export with random weights, found only on the project's own machines
+/// beside the checkout; the tests that need it are `#[ignore]`d, and `make test` runs them when
+/// it is there.
+pub const YOLO_FIXTURE: &str = "../shared/fixtures/yolov8s-random-640-dynbatch.onnx";
+
+pub fn yolo_fixture() -> PathBuf {
+    let p = root().join(YOLO_FIXTURE);
+    assert!(
+        p.is_file(),
+        "{} is missing: this test needs the project's fixtures",
+        p.display()
+    );
+    p
+}
+
 /// A file that setup provides; a clear message when it is missing.
 pub fn asset(rel: &str) -> PathBuf {
     let p = root().join(rel);
