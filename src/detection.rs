@@ -51,6 +51,9 @@ pub struct Detection {
     /// The object's ID within its stream, once its track is reported (see [`crate::track`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub track_id: Option<u64>,
+    /// Who the object is, once a recogniser has named its track (faces; see `crate::faces`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// Greedy non-maximum suppression within each class: keeps the best-scoring box and drops every
@@ -94,6 +97,7 @@ mod tests {
             },
             keypoints: Vec::new(),
             track_id: None,
+            name: None,
         }
     }
 

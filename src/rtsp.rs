@@ -233,15 +233,22 @@ impl RtspOut {
 }
 
 impl Sink for RtspOut {
-    fn write(&mut self, frame: &Frame, detections: &[Detection]) -> Result<(), SinkError> {
+    fn write(
+        &mut self,
+        frame: &Frame,
+        detections: &[Detection],
+        overlay: &crate::sinks::Overlay,
+    ) -> Result<(), SinkError> {
         let Some(src) = self.slot.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
             self.configured = None;
             return Ok(()); // nobody watching: nothing to encode
         };
         let (data, info) =
-            crate::sinks::video::annotated(frame, detections).map_err(|e| SinkError::Video {
-                path: self.url.clone(),
-                reason: e.to_string(),
+            crate::sinks::video::annotated(frame, detections, overlay).map_err(|e| {
+                SinkError::Video {
+                    path: self.url.clone(),
+                    reason: e.to_string(),
+                }
             })?;
         if self.configured.as_ref() != Some(&src) {
             let caps = info.to_caps().map_err(|e| SinkError::Video {

@@ -79,7 +79,7 @@ fn an_unwritable_annotated_video_fails_instead_of_hanging() {
         let mut written = 0;
         let result = loop {
             match dec.next(Duration::from_millis(200)).unwrap() {
-                Next::Frame(f) => match sink.write(&f, &[]) {
+                Next::Frame(f) => match sink.write(&f, &[], &edgesight::sinks::Overlay::NONE) {
                     Ok(()) => written += 1,
                     Err(e) => break Err(e.to_string()),
                 },
@@ -107,7 +107,9 @@ fn packed_rgb_frames_encode_too() {
     let mut sink = AnnotatedVideo::create(&path, dec.fps()).unwrap();
     loop {
         match dec.next(Duration::from_millis(200)).unwrap() {
-            Next::Frame(f) => sink.write(&f, &[]).unwrap(),
+            Next::Frame(f) => sink
+                .write(&f, &[], &edgesight::sinks::Overlay::NONE)
+                .unwrap(),
             Next::Pending => continue,
             Next::Eos => break,
         }

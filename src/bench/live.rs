@@ -341,6 +341,7 @@ pub fn tracker(objects: usize, frames: u64) -> TrackerReport {
                     },
                     keypoints: vec![],
                     track_id: None,
+                    name: None,
                 }
             })
             .collect();

@@ -54,6 +54,7 @@ impl DetectorCommon {
             bbox: crate::detection::BBox { x1, y1, x2, y2 },
             keypoints: Vec::new(),
             track_id: None,
+            name: None,
         }
     }
 

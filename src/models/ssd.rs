@@ -119,6 +119,7 @@ impl Detector for Ssd {
                 bbox: BBox { x1, y1, x2, y2 },
                 keypoints: Vec::new(),
                 track_id: None,
+                name: None,
             });
         }
         Ok(dets)

@@ -601,6 +601,7 @@ mod tests {
             },
             keypoints: Vec::new(),
             track_id: None,
+            name: None,
         }
     }
 

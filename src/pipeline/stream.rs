@@ -19,9 +19,12 @@ use super::{
 use crate::ingest::IngestError;
 use crate::models::Detector;
 use crate::preprocess::Preprocessor;
+use crate::sinks::draw::{Region, Trail};
 use crate::sinks::tracks::{CountRecord, TrackRecord, TracksFile};
+use crate::sinks::Overlay;
 use crate::sinks::{events::EventRecord, events::JsonlSink, video::AnnotatedVideo, Sink};
 use crate::stats::{rss_mib, Latency};
+use crate::track::trails::Trails;
 use crate::track::zones::{CountEvent, Counter, Seen};
 use crate::track::{TrackEvent, Tracker};
 
@@ -140,6 +143,7 @@ impl RunningStream {
                 ),
                 resolved: false,
                 last: (0.0, 0),
+                trails: Trails::new(TRAIL_POINTS),
             }),
             None => None,
         };
@@ -439,7 +443,11 @@ struct Tracking {
     resolved: bool,
     /// Time and number of the latest frame, for zone exits of tracks that end.
     last: (f64, u64),
+    trails: Trails,
 }
+
+/// Points in a track's trail on the annotated video: a couple of seconds at 10 to 15 fps.
+const TRAIL_POINTS: usize = 30;
 
 impl Tracking {
     fn apply(
@@ -455,6 +463,7 @@ impl Tracking {
             (true, _) => det.d.born.duration_since(self.started).as_secs_f64(),
         };
         self.tracker.update(t, f.number, &mut det.detections);
+        self.trails.observe(f.number, &det.detections);
         self.count(t, det, &ctx.shared.name)?;
         self.flush(&ctx.shared.name, &ctx.observers, tally)
     }
@@ -540,6 +549,28 @@ impl Tracking {
         Ok(())
     }
 
+    /// What the annotated outputs draw for the latest frame: trails, zones and lines.
+    fn overlay(&self) -> Overlay {
+        let trails = self
+            .trails
+            .current()
+            .into_iter()
+            .map(|(class_id, points)| Trail { class_id, points })
+            .collect();
+        let regions = self
+            .counter
+            .iter()
+            .filter(|_| self.resolved)
+            .flat_map(Counter::marks)
+            .map(|(points, closed, caption)| Region {
+                points,
+                closed,
+                caption,
+            })
+            .collect();
+        Overlay { trails, regions }
+    }
+
     fn write(
         &mut self,
         stream: &str,
@@ -593,8 +624,9 @@ fn sink_stage(
                 result = Err(e);
             }
         }
+        let overlay = tracking.as_ref().map(Tracking::overlay).unwrap_or_default();
         for sink in sinks.iter_mut() {
-            if let Err(e) = sink.write(&det.d.frame, &det.detections) {
+            if let Err(e) = sink.write(&det.d.frame, &det.detections, &overlay) {
                 result = Err(e.into());
             }
         }

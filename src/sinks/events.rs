@@ -89,7 +89,12 @@ impl JsonlSink {
 }
 
 impl Sink for JsonlSink {
-    fn write(&mut self, frame: &Frame, detections: &[Detection]) -> Result<(), SinkError> {
+    fn write(
+        &mut self,
+        frame: &Frame,
+        detections: &[Detection],
+        _overlay: &super::Overlay,
+    ) -> Result<(), SinkError> {
         self.0.write_record(&EventRecord::new(frame, detections))
     }
 

@@ -16,8 +16,16 @@ pub enum SinkError {
     Video { path: String, reason: String },
 }
 
+pub use draw::Overlay;
+
 pub trait Sink: Send {
-    fn write(&mut self, frame: &Frame, detections: &[Detection]) -> Result<(), SinkError>;
+    /// One frame's results; `overlay` is what annotated outputs draw besides the boxes.
+    fn write(
+        &mut self,
+        frame: &Frame,
+        detections: &[Detection],
+        overlay: &Overlay,
+    ) -> Result<(), SinkError>;
     /// Flushes and closes; a video file is finalized here, so it plays.
     fn finish(self: Box<Self>) -> Result<(), SinkError>;
 }

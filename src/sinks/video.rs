@@ -14,7 +14,7 @@ use gstreamer_app as gst_app;
 
 use gstreamer_video as gst_video;
 
-use super::draw::{draw_i420, draw_rgb, Plane};
+use super::draw::{draw_i420, draw_rgb, Overlay, Plane};
 use super::{Sink, SinkError};
 use crate::detection::Detection;
 use crate::frame::{Frame, PixelFormat, YuvMatrix};
@@ -245,7 +245,12 @@ impl AnnotatedVideo {
 }
 
 impl Sink for AnnotatedVideo {
-    fn write(&mut self, frame: &Frame, dets: &[Detection]) -> Result<(), SinkError> {
+    fn write(
+        &mut self,
+        frame: &Frame,
+        dets: &[Detection],
+        overlay: &Overlay,
+    ) -> Result<(), SinkError> {
         self.roll_segment()?;
         if self.running.is_none() {
             if let Some(f) = frame.fps().filter(|f| *f > 0.0) {
@@ -265,7 +270,8 @@ impl Sink for AnnotatedVideo {
                 frame.info().format()
             )));
         }
-        let data = annotated_copy(frame, info, &running.matrix, dets).map_err(|e| self.err(e))?;
+        let data =
+            annotated_copy(frame, info, &running.matrix, dets, overlay).map_err(|e| self.err(e))?;
         let mut buffer = gst::Buffer::from_mut_slice(data);
         let dur = gst::ClockTime::from_nseconds((1e9 / self.fps) as u64);
         let pts = self.next_pts(frame, dur);
@@ -317,6 +323,7 @@ impl AnnotatedVideo {
 pub fn annotated(
     frame: &Frame,
     dets: &[Detection],
+    overlay: &Overlay,
 ) -> Result<(Vec<u8>, gst_video::VideoInfo), String> {
     let src = frame.info();
     let (w, h) = (src.width() & !1, src.height() & !1);
@@ -332,8 +339,8 @@ pub fn annotated(
         b = b.fps(fps);
     }
     let info = b.build().map_err(|e| e.to_string())?;
-    let data =
-        annotated_copy(frame, &info, &YuvMatrix::of(src), dets).map_err(|e| e.to_string())?;
+    let data = annotated_copy(frame, &info, &YuvMatrix::of(src), dets, overlay)
+        .map_err(|e| e.to_string())?;
     Ok((data, info))
 }
 
@@ -344,6 +351,7 @@ fn annotated_copy(
     info: &gst_video::VideoInfo,
     matrix: &YuvMatrix,
     dets: &[Detection],
+    overlay: &Overlay,
 ) -> opencv::Result<Vec<u8>> {
     let (w, h) = (info.width(), info.height());
     // The decoded buffer is read-only and padded; draw on an unpadded copy. In both formats
@@ -361,7 +369,7 @@ fn annotated_copy(
         }
     }
     match frame.format() {
-        PixelFormat::Rgb => draw_rgb(&mut data, w, h, info.stride()[0] as usize, dets)?,
+        PixelFormat::Rgb => draw_rgb(&mut data, (w, h, info.stride()[0] as usize), dets, overlay)?,
         PixelFormat::I420 => {
             let (o, s) = (info.offset(), info.stride());
             let (y, rest) = data.split_at_mut(o[1]);
@@ -370,7 +378,13 @@ fn annotated_copy(
                 data,
                 stride: s[i] as usize,
             };
-            draw_i420([plane(y, 0), plane(u, 1), plane(v, 2)], w, h, matrix, dets)?
+            draw_i420(
+                [plane(y, 0), plane(u, 1), plane(v, 2)],
+                (w, h),
+                matrix,
+                dets,
+                overlay,
+            )?
         }
     }
     Ok(data)
@@ -397,8 +411,8 @@ pub fn write_jpeg(frame: &Frame, dets: &[Detection], path: &Path) -> Result<(), 
         .colorimetry(&src.colorimetry())
         .build()
         .map_err(|e| err(e.to_string()))?;
-    let data =
-        annotated_copy(frame, &info, &YuvMatrix::of(src), dets).map_err(|e| err(e.to_string()))?;
+    let data = annotated_copy(frame, &info, &YuvMatrix::of(src), dets, &Overlay::NONE)
+        .map_err(|e| err(e.to_string()))?;
     let caps = info.to_caps().map_err(|e| err(e.to_string()))?;
     let appsrc = gst_app::AppSrc::builder()
         .caps(&caps)

@@ -15,7 +15,7 @@
 //! let person = |x: f32| Detection {
 //!     class_id: 1, label: "person".into(), score: 0.9,
 //!     bbox: BBox { x1: x, y1: 100.0, x2: x + 40.0, y2: 200.0 },
-//!     keypoints: vec![], track_id: None,
+//!     keypoints: vec![], track_id: None, name: None,
 //! };
 //! let mut t = Tracker::new(TrackerSettings::default());
 //! let mut ids = Vec::new();
@@ -31,6 +31,7 @@
 
 pub mod assign;
 pub mod kalman;
+pub mod trails;
 pub mod zones;
 
 use std::collections::VecDeque;

@@ -15,6 +15,7 @@ fn det(class_id: u32, x: f32, y: f32, score: f32) -> Detection {
         },
         keypoints: vec![],
         track_id: None,
+        name: None,
     }
 }
 

@@ -331,6 +331,33 @@ impl Counter {
             .map(|l| &l.counts)
     }
 
+    /// Each zone and line in pixels, with its live counts as a caption: `(points, closed,
+    /// caption)`. Zones show who is inside now; lines their crossings so far.
+    pub fn marks(&self) -> Vec<(Vec<P>, bool, String)> {
+        let by_label = |m: &BTreeMap<String, u64>| {
+            m.iter()
+                .map(|(l, n)| format!("{n} {l}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let occupancy = self.occupancy();
+        let mut out = Vec::new();
+        for z in &self.zones {
+            let now = occupancy
+                .get(&z.spec.name)
+                .map(by_label)
+                .unwrap_or_default();
+            let now = if now.is_empty() { "empty".into() } else { now };
+            out.push((z.poly.clone(), true, format!("{}: {now}", z.spec.name)));
+        }
+        for l in &self.lines {
+            let total = |d: &str| l.counts.get(d).map_or(0, |m| m.values().sum::<u64>());
+            let caption = format!("{}: in {} out {}", l.spec.name, total("in"), total("out"));
+            out.push((vec![l.a, l.b], false, caption));
+        }
+        out
+    }
+
     /// Totals for the summary: zones' entries and exits, lines' crossings, by label.
     pub fn totals(&self) -> serde_json::Value {
         let zones: BTreeMap<&str, serde_json::Value> = self
