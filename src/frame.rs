@@ -289,6 +289,15 @@ impl YuvMatrix {
         ]
     }
 
+    /// The RGB colour of one (Y, U, V) sample.
+    pub fn to_rgb(&self, y: u8, u: u8, v: u8) -> [u8; 3] {
+        let [yo, ys, cs, rv, gu, gv, bu] = self.coefficients();
+        let l = (y as f32 - yo) * ys;
+        let (cb, cr) = ((u as f32 - 128.0) * cs, (v as f32 - 128.0) * cs);
+        let q = |x: f32| x.round().clamp(0.0, 255.0) as u8;
+        [q(l + rv * cr), q(l + gu * cb + gv * cr), q(l + bu * cb)]
+    }
+
     pub fn from_rgb(&self, rgb: [u8; 3]) -> (u8, u8, u8) {
         let [r, g, b] = rgb.map(|c| c as f32 / 255.0);
         let l = self.kr * r + (1.0 - self.kr - self.kb) * g + self.kb * b;

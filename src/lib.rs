@@ -10,6 +10,7 @@ pub mod cvmat;
 pub mod detection;
 pub mod devices;
 pub mod engine;
+pub mod faces;
 pub mod frame;
 pub mod ingest;
 pub mod metrics;

@@ -17,6 +17,9 @@ use edgesight::pipeline::{self, runner::RunnerSpec, RunSpec, StreamState, Summar
 use edgesight::service::{Service, ServiceOptions};
 use edgesight::source::{RtspTransport, Source};
 
+#[path = "cli/faces.rs"]
+mod faces_cli;
+
 #[derive(Parser)]
 #[command(
     name = "edgesight",
@@ -76,6 +79,8 @@ enum Cmd {
         #[arg(long, requires = "user")]
         password: Option<String>,
     },
+    /// Enroll, list and identify faces: the gallery a `run` with `[faces]` names people from.
+    Faces(faces_cli::FacesArgs),
     /// List the cameras GStreamer's device monitor sees, with their modes.
     Devices {
         /// Print JSON instead.
@@ -407,7 +412,7 @@ impl RunArgs {
     }
 }
 
-fn progress_bar() -> ProgressBar {
+pub(crate) fn progress_bar() -> ProgressBar {
     let pb = ProgressBar::no_length();
     pb.set_style(
         ProgressStyle::with_template(
@@ -938,6 +943,7 @@ fn main() -> ExitCode {
         } => bench_live(run, *suite, *rounds, *count, json.as_ref()),
         Cmd::Optimize(a) => optimize(a),
         Cmd::Devices { json } => devices(*json),
+        Cmd::Faces(a) => faces_cli::run(a),
         Cmd::RtspServe {
             input,
             address,

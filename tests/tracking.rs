@@ -252,29 +252,38 @@ fn pipeline(dir: &Path, body: &str) -> std::path::PathBuf {
     f
 }
 
-/// A zone over the road and a line across it: every entry is followed by one exit of the same
-/// track (tracks that end inside leave with the stream), dwell times are positive, and the
-/// summary's totals agree with the events.
+/// The whole clip with a zone over the road and a line down the middle of the frame, run once
+/// and shared by the tests that read it.
+fn counted_clip() -> &'static Path {
+    static OUT: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    OUT.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let vtest = asset("assets/vtest.avi");
+        let f = pipeline(
+            dir.path(),
+            &format!(
+                "[source]\nuri = \"{}\"\nname = \"vtest\"\n\n\
+                 [output]\ndir = \"{}\"\nvideo = false\n\n\
+                 [[zones]]\nname = \"road\"\npoints = [[0.0, 0.3], [1.0, 0.3], [1.0, 0.65], [0.0, 0.65]]\nlabels = [\"person\"]\n\n\
+                 [[lines]]\nname = \"middle\"\nfrom = [0.5, 0.0]\nto = [0.5, 1.0]\nlabels = [\"person\"]\n",
+                vtest.display(),
+                dir.path().join("out").display()
+            ),
+        );
+        let r = edgesight(&["run", "--pipeline", f.to_str().unwrap()]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        dir
+    })
+    .path()
+}
+
+/// Every entry into the road zone is followed by one exit of the same track (tracks that end
+/// inside leave with the stream), dwell times are positive, and the summary agrees.
 #[test]
-fn zone_entries_and_exits_pair_up_and_the_line_counts_each_track_once_per_direction() {
-    let dir = tempfile::tempdir().unwrap();
-    let vtest = asset("assets/vtest.avi");
-    let f = pipeline(
-        dir.path(),
-        &format!(
-            "[source]\nuri = \"{}\"\nname = \"vtest\"\nmax_frames = 400\n\n\
-             [output]\ndir = \"{}\"\nvideo = false\n\n\
-             [[zones]]\nname = \"road\"\npoints = [[0.0, 0.3], [1.0, 0.3], [1.0, 0.65], [0.0, 0.65]]\nlabels = [\"person\"]\n\n\
-             [[lines]]\nname = \"middle\"\nfrom = [0.5, 0.0]\nto = [0.5, 1.0]\nlabels = [\"person\"]\n",
-            vtest.display(),
-            dir.path().join("out").display()
-        ),
-    );
-    let r = edgesight(&["run", "--pipeline", f.to_str().unwrap()]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let out = dir.path().join("out");
+fn zone_entries_and_exits_pair_up() {
+    let out = counted_clip().join("out");
     let mut inside: BTreeMap<u64, u64> = BTreeMap::new(); // track -> frame it entered
-    let (mut entries, mut crossings) = (0u64, BTreeMap::<(u64, String), u32>::new());
+    let mut entries = 0u64;
     for e in lines(&out.join("tracks.jsonl")) {
         let id = e["track_id"].as_u64().unwrap();
         match e["event"].as_str().unwrap() {
@@ -293,10 +302,6 @@ fn zone_entries_and_exits_pair_up_and_the_line_counts_each_track_once_per_direct
                 assert!(e["frame"].as_u64().unwrap() >= entered);
                 assert!(e["dwell_s"].as_f64().unwrap() > 0.0, "{e}");
             }
-            "line_cross" => {
-                let key = (id, e["direction"].as_str().unwrap().to_string());
-                *crossings.entry(key).or_default() += 1;
-            }
             _ => {}
         }
     }
@@ -308,26 +313,112 @@ fn zone_entries_and_exits_pair_up_and_the_line_counts_each_track_once_per_direct
         entries >= 5,
         "only {entries} entries: people walk along the road all the time"
     );
-    assert!(
-        crossings.values().all(|&n| n == 1),
-        "a track counted twice in one direction"
-    );
     let s: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(
         s["counts"]["zones"]["road"]["entered"]["person"].as_u64(),
         Some(entries)
     );
-    let crossed: u64 = ["in", "out"]
-        .iter()
-        .map(|d| {
-            s["counts"]["lines"]["middle"][d]["person"]
-                .as_u64()
-                .unwrap_or(0)
-        })
-        .sum();
-    assert_eq!(crossed as usize, crossings.len());
-    assert!(crossed > 0, "nobody crossed the middle of the frame");
+    assert_eq!(
+        s["counts"]["zones"]["road"]["left"]["person"].as_u64(),
+        Some(entries)
+    );
+}
+
+/// Crossings of the vertical line at x = 384 in `vtest.avi`, counted by eye, frame by frame,
+/// without any detector: (frame where the feet cross, `true` for left to right). Left to right
+/// is `in` for a line drawn from the top down. Two of them (612 and 629) are a woman whose feet
+/// leave the frame at the bottom edge; see `docs/tracking.md`.
+const HAND_CROSSINGS: [(u64, bool); 32] = [
+    (21, true),
+    (59, false),
+    (104, true),
+    (158, false),
+    (179, false),
+    (220, false),
+    (254, false),
+    (278, false),
+    (288, false),
+    (311, true),
+    (332, true),
+    (347, true),
+    (350, true),
+    (361, false),
+    (463, true),
+    (488, false),
+    (529, false),
+    (533, false),
+    (564, false),
+    (591, true),
+    (612, true),
+    (629, false),
+    (639, false),
+    (678, true),
+    (689, false),
+    (701, true),
+    (706, false),
+    (745, true),
+    (750, false),
+    (773, false),
+    (783, true),
+    (790, true),
+];
+
+/// The line's crossings match the hand count: most crossings counted by eye have a tracked
+/// crossing in the same direction within half a second, few tracked crossings have none, and
+/// each direction's total is within a third of the hand count. Each track counts once per
+/// direction, however it jitters on the line.
+#[test]
+fn the_counting_line_agrees_with_a_hand_count() {
+    let out = counted_clip().join("out");
+    let mut tracked: Vec<(u64, bool)> = Vec::new();
+    let mut once: BTreeMap<(u64, String), u32> = BTreeMap::new();
+    for e in lines(&out.join("tracks.jsonl")) {
+        if e["event"] == "line_cross" {
+            let dir = e["direction"].as_str().unwrap().to_string();
+            tracked.push((e["frame"].as_u64().unwrap(), dir == "in"));
+            *once
+                .entry((e["track_id"].as_u64().unwrap(), dir))
+                .or_default() += 1;
+        }
+    }
+    assert!(
+        once.values().all(|&n| n == 1),
+        "a track counted twice in one direction"
+    );
+    const WITHIN: u64 = 5; // frames: half a second at 10 fps
+    let mut unused = tracked.clone();
+    let mut matched = 0;
+    for &(frame, ltr) in &HAND_CROSSINGS {
+        if let Some(i) = unused
+            .iter()
+            .position(|&(f, d)| d == ltr && f.abs_diff(frame) <= WITHIN)
+        {
+            unused.swap_remove(i);
+            matched += 1;
+        }
+    }
+    let recall = matched as f64 / HAND_CROSSINGS.len() as f64;
+    let precision = matched as f64 / tracked.len().max(1) as f64;
+    assert!(
+        recall >= 0.7 && precision >= 0.85,
+        "{matched} of {} hand crossings found, {} tracked crossings: {tracked:?}",
+        HAND_CROSSINGS.len(),
+        tracked.len()
+    );
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    for (dir, ltr) in [("in", true), ("out", false)] {
+        let hand = HAND_CROSSINGS.iter().filter(|c| c.1 == ltr).count() as f64;
+        let got = s["counts"]["lines"]["middle"][dir]["person"]
+            .as_u64()
+            .unwrap_or(0) as f64;
+        assert_eq!(got as usize, tracked.iter().filter(|c| c.1 == ltr).count());
+        assert!(
+            (got - hand).abs() <= hand / 3.0,
+            "{dir}: {got} crossings against {hand} counted by hand"
+        );
+    }
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 pub mod blazeface;
 pub mod centernet;
+pub mod embedder;
 pub mod labels;
 pub mod manifest;
 pub mod ssd;
