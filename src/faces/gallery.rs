@@ -58,7 +58,7 @@ use serde::{Deserialize, Serialize};
 /// The similarity a face needs with a person's nearest embedding to be named. Measured on the
 /// verification pairs of `calibration/` (see `docs/faces.md`); `edgesight faces calibrate`
 /// recomputes it from your own photos.
-pub const DEFAULT_THRESHOLD: f32 = 0.35;
+pub const DEFAULT_THRESHOLD: f32 = 0.5;
 /// How far the best person must lead the second-best: an impostor scores about as high against
 /// everyone.
 pub const DEFAULT_MARGIN: f32 = 0.05;

@@ -4,10 +4,11 @@
 //! quality, and the track takes the name with the most weight; a tie names nobody.
 //!
 //! ```
-//! use edgesight::faces::quality::{Quality, QualityGates};
+//! use edgesight::faces::quality::Quality;
 //! use edgesight::faces::gallery::Identity;
-//! use edgesight::faces::recognise::{Recogniser, RecogniseSettings};
-//! let mut r = Recogniser::new(RecogniseSettings::default());
+//! use edgesight::faces::recognise::Recogniser;
+//! use edgesight::faces::FacesSettings;
+//! let mut r = Recogniser::new(FacesSettings::default());
 //! let q = Quality { side: 100.0, sharpness: 80.0, frontal: 0.9 };
 //! assert!(r.wants(7, 0.0, &q));
 //! let ann = Identity { name: Some("ann".into()), best: Some(("ann".into(), 0.7)), second: Some(0.1), margin: 0.6 };
@@ -18,60 +19,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::gallery::Identity;
-use super::quality::{Quality, QualityGates};
-
-/// `[faces]` recognition settings of a pipeline file.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RecogniseSettings {
-    /// Cosine similarity a face needs with a person's nearest embedding.
-    pub threshold: f32,
-    /// How far the best person must lead the second-best.
-    pub min_margin: f32,
-    /// Seconds between rechecks of a track that has a face.
-    pub recheck_s: f64,
-    /// A face this many times heavier (see [`Quality::weight`]) than the track's best so far is
-    /// embedded at once.
-    pub better_by: f32,
-    /// Embeddings per track at most.
-    pub max_attempts: u32,
-    pub gates: QualityGates,
-}
-
-impl Default for RecogniseSettings {
-    fn default() -> Self {
-        Self {
-            threshold: super::gallery::DEFAULT_THRESHOLD,
-            min_margin: super::gallery::DEFAULT_MARGIN,
-            recheck_s: 3.0,
-            better_by: 1.3,
-            max_attempts: 20,
-            gates: QualityGates::default(),
-        }
-    }
-}
-
-impl RecogniseSettings {
-    pub fn check(&self) -> Result<(), String> {
-        let bad = |f: &str, v: String| Err(format!("faces.{f} = {v}: out of range"));
-        if !(-1.0..=1.0).contains(&self.threshold) {
-            return bad("threshold", self.threshold.to_string());
-        }
-        if !(0.0..=2.0).contains(&self.min_margin) {
-            return bad("min_margin", self.min_margin.to_string());
-        }
-        if !(self.recheck_s > 0.0) {
-            return bad("recheck_s", self.recheck_s.to_string());
-        }
-        if self.max_attempts == 0 {
-            return bad("max_attempts", "0".into());
-        }
-        Ok(())
-    }
-}
+use super::quality::Quality;
+use super::FacesSettings;
 
 /// A track's name changed: the `identified` event.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -93,6 +45,8 @@ struct Votes {
     by_name: BTreeMap<Option<String>, (f32, u32, f32, f32)>,
     attempts: u32,
     last_at: f64,
+    /// When the track was last looked at for a face, found or not.
+    last_look: f64,
     best_weight: f32,
     name: Option<String>,
 }
@@ -113,7 +67,7 @@ impl Votes {
 
 /// One stream's recognition state: the votes of each live track.
 pub struct Recogniser {
-    settings: RecogniseSettings,
+    settings: FacesSettings,
     tracks: HashMap<u64, Votes>,
     /// Faces offered and faces embedded, for the saving against embedding every frame.
     pub offered: u64,
@@ -121,7 +75,7 @@ pub struct Recogniser {
 }
 
 impl Recogniser {
-    pub fn new(settings: RecogniseSettings) -> Self {
+    pub fn new(settings: FacesSettings) -> Self {
         Self {
             settings,
             tracks: HashMap::new(),
@@ -130,14 +84,34 @@ impl Recogniser {
         }
     }
 
-    pub fn settings(&self) -> &RecogniseSettings {
+    pub fn settings(&self) -> &FacesSettings {
         &self.settings
+    }
+
+    /// Whether track `id` is due for another look at `t`: never tried, unnamed and last tried
+    /// a while ago, or due for its recheck. For searching faces inside person boxes, where
+    /// finding the face is itself the cost.
+    pub fn due(&self, id: u64, t: f64) -> bool {
+        let Some(v) = self.tracks.get(&id) else {
+            return true;
+        };
+        let wait = if v.name.is_some() {
+            self.settings.recheck_s
+        } else {
+            self.settings.recheck_s / 10.0
+        };
+        v.attempts < self.settings.max_attempts && t - v.last_look >= wait
+    }
+
+    /// Track `id` was looked at for a face at `t` (found or not): [`Self::due`] waits again.
+    pub fn looked(&mut self, id: u64, t: f64) {
+        self.tracks.entry(id).or_default().last_look = t;
     }
 
     /// Whether track `id`'s face of quality `q`, seen at `t` seconds, should be embedded now.
     pub fn wants(&mut self, id: u64, t: f64, q: &Quality) -> bool {
         self.offered += 1;
-        if q.refusal(&self.settings.gates).is_some() {
+        if q.refusal(&self.settings.gates()).is_some() {
             return false;
         }
         let Some(v) = self.tracks.get(&id) else {
@@ -154,6 +128,7 @@ impl Recogniser {
         let v = self.tracks.entry(id).or_default();
         v.attempts += 1;
         v.last_at = t;
+        v.last_look = t;
         v.best_weight = v.best_weight.max(q.weight());
         let (score, margin) = (who.best.as_ref().map_or(0.0, |b| b.1), who.margin);
         let e = v
@@ -216,7 +191,7 @@ mod tests {
 
     #[test]
     fn rechecks_only_for_a_better_face_or_after_a_while() {
-        let mut r = Recogniser::new(RecogniseSettings::default());
+        let mut r = Recogniser::new(FacesSettings::default());
         assert!(r.wants(1, 0.0, &q(60.0)));
         r.vote(1, 0.0, &q(60.0), &who(Some("ann"), 0.6));
         assert!(!r.wants(1, 0.5, &q(60.0)));
@@ -228,7 +203,7 @@ mod tests {
 
     #[test]
     fn the_heavier_name_wins_and_a_tie_names_nobody() {
-        let mut r = Recogniser::new(RecogniseSettings::default());
+        let mut r = Recogniser::new(FacesSettings::default());
         let ev = r.vote(1, 0.0, &q(60.0), &who(Some("ann"), 0.6)).unwrap();
         assert_eq!(ev.name, "ann");
         // An equal vote for bob: a tie, so the name goes (no event: nobody is named).
@@ -244,7 +219,7 @@ mod tests {
 
     #[test]
     fn attempts_are_capped() {
-        let s = RecogniseSettings {
+        let s = FacesSettings {
             max_attempts: 2,
             ..Default::default()
         };

@@ -96,12 +96,15 @@ impl Roc {
     }
 
     /// The lowest threshold whose false-accept rate is at most `far`, and the true-accept rate
-    /// there.
+    /// there. The threshold sits midway between the observed similarity that first qualifies
+    /// and the one below it, so that it does not rest on a single observed pair.
     pub fn threshold_at_far(&self, far: f64) -> (f32, f64) {
-        for t in self.candidates() {
+        let c = self.candidates();
+        for (i, &t) in c.iter().enumerate() {
             let (fa, fr) = self.rates(t);
             if fa <= far {
-                return (t, 1.0 - fr);
+                let mid = if i == 0 { t } else { (c[i - 1] + t) / 2.0 };
+                return (mid, 1.0 - fr);
             }
         }
         let top = self.candidates().last().copied().unwrap_or(1.0) + 1e-3;

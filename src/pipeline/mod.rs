@@ -16,6 +16,7 @@
 //! removes them while the others go on.
 
 pub mod batch;
+mod recognise;
 pub mod runner;
 pub mod status;
 mod stream;
@@ -99,6 +100,8 @@ pub struct RunSpec {
     /// Zones and counting lines over the tracks.
     pub zones: Vec<crate::track::zones::ZoneSpec>,
     pub lines: Vec<crate::track::zones::LineSpec>,
+    /// Face recognition of the tracks (`[faces]`).
+    pub faces: Option<crate::faces::FacesSettings>,
 }
 
 impl RunSpec {
@@ -120,6 +123,7 @@ impl RunSpec {
             tracker: crate::track::TrackerSettings::default(),
             zones: Vec::new(),
             lines: Vec::new(),
+            faces: None,
         }
     }
 
@@ -243,7 +247,21 @@ pub struct Summary {
     pub tracks_by_label: BTreeMap<String, u64>,
     /// Zones' entries and exits and lines' crossings, by label, when any are configured.
     pub counts: Option<serde_json::Value>,
+    /// Face recognition, when `[faces]` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faces: Option<FacesSummary>,
     pub outputs: OutputPaths,
+}
+
+/// What face recognition did over a stream.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FacesSummary {
+    /// Faces of tracks offered to the recogniser, one per track per frame.
+    pub faces_seen: u64,
+    /// Faces embedded: the rest were skipped (no better face, not due for a recheck).
+    pub embedded: u64,
+    /// `identified` events, by name.
+    pub identified: BTreeMap<String, u64>,
 }
 
 impl Summary {

@@ -72,6 +72,7 @@ pub struct StreamSpec {
     pub tracker: crate::track::TrackerSettings,
     pub zones: Vec<crate::track::zones::ZoneSpec>,
     pub lines: Vec<crate::track::zones::LineSpec>,
+    pub faces: Option<crate::faces::FacesSettings>,
 }
 
 impl StreamSpec {
@@ -90,6 +91,7 @@ impl StreamSpec {
             tracker: spec.tracker.clone(),
             zones: spec.zones.clone(),
             lines: spec.lines.clone(),
+            faces: spec.faces.clone(),
         }
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender};
 
 use super::batch::{Prepared, Route, Routes, Work};
+use super::recognise::Recognition;
 use super::runner::StreamSpec;
 use super::status::{Observer, StatusBoard, StreamState};
 use super::supervisor::{Ingest, Outlet};
@@ -20,7 +21,7 @@ use crate::ingest::IngestError;
 use crate::models::Detector;
 use crate::preprocess::Preprocessor;
 use crate::sinks::draw::{Region, Trail};
-use crate::sinks::tracks::{CountRecord, TrackRecord, TracksFile};
+use crate::sinks::tracks::{CountRecord, IdentifiedRecord, TrackRecord, TracksFile};
 use crate::sinks::Overlay;
 use crate::sinks::{events::EventRecord, events::JsonlSink, video::AnnotatedVideo, Sink};
 use crate::stats::{rss_mib, Latency};
@@ -144,6 +145,10 @@ impl RunningStream {
                 resolved: false,
                 last: (0.0, 0),
                 trails: Trails::new(TRAIL_POINTS),
+                recognition: match &spec.faces {
+                    Some(f) => Some(Recognition::open(f, &spec.name)?),
+                    None => None,
+                },
             }),
             None => None,
         };
@@ -274,6 +279,7 @@ fn summary(
         batched_frames: tally.batched,
         tracks_by_label: tally.tracks.clone(),
         counts: tally.counts.clone(),
+        faces: tally.faces.clone(),
         end_to_end_p99_ms: tally
             .lat
             .get("end_to_end")
@@ -420,6 +426,7 @@ struct SinkTally {
     batched: u64,
     tracks: BTreeMap<String, u64>,
     counts: Option<serde_json::Value>,
+    faces: Option<super::FacesSummary>,
 }
 
 struct SinkCtx {
@@ -444,6 +451,8 @@ struct Tracking {
     /// Time and number of the latest frame, for zone exits of tracks that end.
     last: (f64, u64),
     trails: Trails,
+    /// Face recognition of the tracks, when `[faces]` is set.
+    recognition: Option<Recognition>,
 }
 
 /// Points in a track's trail on the annotated video: a couple of seconds at 10 to 15 fps.
@@ -464,8 +473,30 @@ impl Tracking {
         };
         self.tracker.update(t, f.number, &mut det.detections);
         self.trails.observe(f.number, &det.detections);
+        let named = match self.recognition.as_mut() {
+            Some(r) => r.apply(t, &det.d.frame, &mut det.detections),
+            None => Vec::new(),
+        };
         self.count(t, det, &ctx.shared.name)?;
-        self.flush(&ctx.shared.name, &ctx.observers, tally)
+        // A track's `new` comes before its `identified`.
+        self.flush(&ctx.shared.name, &ctx.observers, tally)?;
+        let stream = &ctx.shared.name;
+        for identified in &named {
+            let summary = tally.faces.get_or_insert_with(Default::default);
+            *summary
+                .identified
+                .entry(identified.name.clone())
+                .or_default() += 1;
+            let rec = IdentifiedRecord {
+                stream,
+                event: "identified",
+                frame: det.d.frame.number,
+                identified,
+            };
+            let json = serde_json::to_vec(&rec).unwrap_or_default();
+            self.write(stream, &json, &ctx.observers)?;
+        }
+        Ok(())
     }
 
     /// Feeds the tracked objects' bottom centres to the zones and lines.
@@ -512,6 +543,9 @@ impl Tracking {
                 TrackEvent::End { track_id, .. } => {
                     if let Some(c) = self.counter.as_mut() {
                         c.ended(t, frame, *track_id);
+                    }
+                    if let Some(r) = self.recognition.as_mut() {
+                        r.ended(*track_id);
                     }
                 }
                 TrackEvent::Update { .. } => {}
@@ -593,6 +627,10 @@ impl Tracking {
     ) -> Result<(), PipelineError> {
         self.tracker.finish();
         self.flush(stream, observers, tally)?;
+        if let Some(r) = &self.recognition {
+            let f = tally.faces.get_or_insert_with(Default::default);
+            (f.faces_seen, f.embedded) = r.counts();
+        }
         tally.counts = self
             .counter
             .as_ref()

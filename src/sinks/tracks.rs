@@ -20,3 +20,13 @@ pub struct CountRecord<'a> {
 
 /// `tracks.jsonl`.
 pub type TracksFile = super::events::JsonLines;
+
+/// A track was named (or renamed) by face recognition.
+#[derive(Serialize)]
+pub struct IdentifiedRecord<'a> {
+    pub stream: &'a str,
+    pub event: &'static str,
+    pub frame: u64,
+    #[serde(flatten)]
+    pub identified: &'a crate::faces::recognise::Identified,
+}
