@@ -10,12 +10,12 @@
 
 use crate::frame::{Frame, PixelFormat, YuvMatrix};
 
+/// Packed RGB pixels, the region's top-left corner in the frame, and its (width, height).
+pub type Region = (Vec<u8>, (usize, usize), (usize, usize));
+
 /// The pixels of `region` (x1, y1, x2, y2, clipped to the frame) as packed RGB, with the
 /// region's top-left corner and its size. None when nothing of it lies inside the frame.
-pub fn rgb_region(
-    frame: &Frame,
-    region: [f32; 4],
-) -> Option<(Vec<u8>, (usize, usize), (usize, usize))> {
+pub fn rgb_region(frame: &Frame, region: [f32; 4]) -> Option<Region> {
     let (fw, fh) = (frame.width() as f32, frame.height() as f32);
     let x0 = region[0].clamp(0.0, fw).floor() as usize;
     let y0 = region[1].clamp(0.0, fh).floor() as usize;

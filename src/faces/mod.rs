@@ -117,13 +117,17 @@ impl FacesSettings {
         if !(self.recheck_s > 0.0 && self.recheck_s.is_finite()) {
             return bad("recheck_s", self.recheck_s.to_string());
         }
-        if !(self.better_by >= 1.0) {
+        if self.better_by.is_nan() || self.better_by < 1.0 {
             return bad("better_by", self.better_by.to_string());
         }
         if self.max_attempts == 0 {
             return bad("max_attempts", "0".into());
         }
-        if !(self.min_side >= 0.0) || !(self.min_sharpness >= 0.0) {
+        if self.min_side.is_nan()
+            || self.min_side < 0.0
+            || self.min_sharpness.is_nan()
+            || self.min_sharpness < 0.0
+        {
             return bad("min_side/min_sharpness", "negative".into());
         }
         if !(0.0..=1.0).contains(&self.min_frontal) {

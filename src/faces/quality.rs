@@ -33,7 +33,7 @@ impl Default for QualityGates {
         Self {
             min_side: 40.0,
             min_sharpness: 20.0,
-            min_frontal: 0.5,
+            min_frontal: 0.3,
         }
     }
 }
@@ -144,7 +144,7 @@ mod tests {
         assert!(sharpness(&flat) < 1e-6);
         let board: Vec<u8> = (0..CHIP * CHIP * 3)
             .map(|i| {
-                if ((i / 3) % CHIP / 4 + (i / 3) / CHIP / 4) % 2 == 0 {
+                if ((i / 3) % CHIP / 4 + (i / 3) / CHIP / 4).is_multiple_of(2) {
                     0
                 } else {
                     255

@@ -39,10 +39,13 @@ pub struct Identified {
     pub attempts: u32,
 }
 
+/// (total weight, votes, best score, that vote's margin) of one name.
+type Tally = (f32, u32, f32, f32);
+
 #[derive(Default)]
 struct Votes {
-    /// Name (None: unknown) → (total weight, votes, best score, its margin).
-    by_name: BTreeMap<Option<String>, (f32, u32, f32, f32)>,
+    /// Name (None: unknown) → its tally.
+    by_name: BTreeMap<Option<String>, Tally>,
     attempts: u32,
     last_at: f64,
     /// When the track was last looked at for a face, found or not.
@@ -53,7 +56,7 @@ struct Votes {
 
 impl Votes {
     /// The name with the most weight, if it is a person and leads everyone else.
-    fn leader(&self) -> Option<(&String, &(f32, u32, f32, f32))> {
+    fn leader(&self) -> Option<(&String, &Tally)> {
         let mut ranked: Vec<_> = self.by_name.iter().collect();
         ranked.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
         let (name, v) = ranked.first()?;
@@ -162,6 +165,19 @@ impl Recogniser {
         self.tracks.get(&id).and_then(|v| v.name.as_deref())
     }
 
+    /// The gallery changed: votes for `unknown` were cast against the old one, so they go, and
+    /// every track is due for a look at once. A person enrolled while their track runs is
+    /// named at its next face.
+    pub fn gallery_changed(&mut self) {
+        for v in self.tracks.values_mut() {
+            v.by_name.remove(&None);
+            v.last_at = f64::NEG_INFINITY;
+            v.last_look = f64::NEG_INFINITY;
+            v.best_weight = 0.0;
+            v.attempts = v.attempts.min(self.settings.max_attempts.saturating_sub(1));
+        }
+    }
+
     /// The track ended: its votes go.
     pub fn ended(&mut self, id: u64) {
         self.tracks.remove(&id);
@@ -215,6 +231,22 @@ mod tests {
         r.vote(1, 12.0, &q(112.0), &who(None, 0.1));
         r.vote(1, 16.0, &q(112.0), &who(None, 0.1));
         assert_eq!(r.name_of(1), None);
+    }
+
+    #[test]
+    fn a_gallery_change_forgets_unknown_votes_and_looks_again() {
+        let mut r = Recogniser::new(FacesSettings::default());
+        for i in 0..3 {
+            r.vote(1, i as f64 * 4.0, &q(60.0), &who(None, 0.2));
+        }
+        assert!(!r.wants(1, 8.5, &q(60.0)));
+        r.gallery_changed();
+        assert!(r.wants(1, 8.5, &q(60.0)), "due at once");
+        let ev = r.vote(1, 8.5, &q(60.0), &who(Some("ann"), 0.7)).unwrap();
+        assert_eq!(
+            ev.name, "ann",
+            "one vote names the track: the unknown votes went"
+        );
     }
 
     #[test]

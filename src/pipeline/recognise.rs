@@ -22,7 +22,7 @@ use super::PipelineError;
 /// How often the gallery's version is checked.
 const GALLERY_POLL: Duration = Duration::from_secs(1);
 /// The part of a person box a face is looked for in: its top, where the head is.
-const HEAD_FRACTION: f32 = 0.45;
+const HEAD_FRACTION: f32 = 0.6;
 
 pub(crate) struct Recognition {
     stream: String,
@@ -96,7 +96,12 @@ impl Recognition {
             tracing::warn!(stream = %self.stream, error = %e, "face detection failed");
             Vec::new()
         });
-        faces.retain(|(id, f)| self.recogniser.wants(*id, t, &f.quality));
+        faces.retain(|(id, f)| {
+            if let Some(why) = f.quality.refusal(&self.settings.gates()) {
+                tracing::debug!(stream = %self.stream, track = id, "face skipped: {why}");
+            }
+            self.recogniser.wants(*id, t, &f.quality)
+        });
         let mut named = Vec::new();
         if !faces.is_empty() {
             let mut only: Vec<Face> = faces.iter().map(|(_, f)| f.clone()).collect();
@@ -151,6 +156,7 @@ impl Recognition {
                 tracing::info!(stream = %self.stream, people = m.persons().len(), "gallery reloaded");
                 self.version = v;
                 self.matcher = m;
+                self.recogniser.gallery_changed();
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(stream = %self.stream, error = %e, "cannot read the gallery"),

@@ -34,11 +34,16 @@ impl<'a> EventRecord<'a> {
     }
 }
 
-/// A JSON-lines file: one record a line, flushed and synced when finished.
+/// A JSON-lines file: one record a line, flushed at least every [`FLUSH_EVERY`] while records
+/// come (so that someone tailing it sees them), and flushed and synced when finished.
 pub struct JsonLines {
     path: PathBuf,
     out: BufWriter<File>,
+    flushed: std::time::Instant,
 }
+
+/// The longest a written record waits in the buffer while records keep coming.
+pub const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl JsonLines {
     pub fn create(path: &Path) -> Result<Self, SinkError> {
@@ -49,6 +54,7 @@ impl JsonLines {
         Ok(Self {
             path: path.to_path_buf(),
             out: BufWriter::new(file),
+            flushed: std::time::Instant::now(),
         })
     }
 
@@ -57,13 +63,23 @@ impl JsonLines {
         self.out
             .write_all(json)
             .and_then(|()| self.out.write_all(b"\n"))
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        self.flush_now_and_then()
+    }
+
+    fn flush_now_and_then(&mut self) -> Result<(), SinkError> {
+        if self.flushed.elapsed() >= FLUSH_EVERY {
+            self.flushed = std::time::Instant::now();
+            self.out.flush().map_err(|e| self.err(e))?;
+        }
+        Ok(())
     }
 
     /// Serializes and writes one record.
     pub fn write_record(&mut self, rec: &impl Serialize) -> Result<(), SinkError> {
         serde_json::to_writer(&mut self.out, rec).map_err(|e| self.err(e))?;
-        self.out.write_all(b"\n").map_err(|e| self.err(e))
+        self.out.write_all(b"\n").map_err(|e| self.err(e))?;
+        self.flush_now_and_then()
     }
 
     pub fn finish(mut self) -> Result<(), SinkError> {

@@ -165,6 +165,20 @@ pub fn rgb_frame(path: &Path, n: u64) -> ndarray::Array3<u8> {
     }
 }
 
+/// The first frame of a photo or video, decoded as RGB.
+pub fn first_rgb_frame(path: &Path) -> edgesight::frame::Frame {
+    let uri = resolve_input(path.to_str().unwrap()).unwrap();
+    let mut dec = Decoder::open_as(&uri, "check".into(), edgesight::frame::PixelFormat::Rgb)
+        .expect("the file opens");
+    loop {
+        match dec.next(Duration::from_millis(500)).expect("decodes") {
+            Next::Frame(f) => return f,
+            Next::Pending => continue,
+            Next::Eos => panic!("{} has no frame", path.display()),
+        }
+    }
+}
+
 /// `(x1, y1, x2, y2)` of a detection.
 pub fn bbox(d: &serde_json::Value) -> (f64, f64, f64, f64) {
     let b = &d["box"];

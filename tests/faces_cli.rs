@@ -1,0 +1,419 @@
+//! The face enrollment CLI on real photos (face-recognition 1.3.0's Obama and Biden, dlib's
+//! crowd photos) and a real video (`carphone_pristine.mp4`), with a real SQLite gallery.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::{asset, edgesight, error_line, launch_to_eos};
+
+fn photo(name: &str) -> String {
+    let p = ["calibration/faces", "calibration/heldout/faces"]
+        .iter()
+        .map(|d| common::root().join(d).join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{name}: run scripts/setup.sh"));
+    p.to_string_lossy().into_owned()
+}
+
+fn faces(gallery: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["faces", "--gallery", gallery.to_str().unwrap()];
+    all.extend_from_slice(args);
+    edgesight(&all)
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// JSON lines of `faces identify --json`.
+fn identify(gallery: &Path, file: &str) -> Vec<serde_json::Value> {
+    ok(&faces(gallery, &["identify", "--json", file]))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn listed(gallery: &Path) -> Vec<(String, u64)> {
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&faces(gallery, &["list", "--json"]))).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["embeddings"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn obama_is_named_and_biden_is_not_taken_for_him() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("faces.db");
+    let out = ok(&faces(
+        &g,
+        &[
+            "enroll",
+            "--name",
+            "obama",
+            &photo("facerec-obama.jpg"),
+            &photo("facerec-obama3.jpg"),
+        ],
+    ));
+    assert!(out.contains("2 new faces"), "{out}");
+    let o2 = identify(&g, &photo("facerec-obama2.jpg"));
+    assert_eq!(o2.len(), 1);
+    assert_eq!(o2[0]["name"], "obama", "{o2:?}");
+    assert!(o2[0]["similarity"].as_f64().unwrap() > 0.6);
+    let b = identify(&g, &photo("facerec-biden.jpg"));
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0]["name"], "unknown", "{b:?}");
+    // Strangers in a crowd are nobody.
+    for f in identify(&g, &photo("dlib-bald_guys.jpg")) {
+        assert_eq!(f["name"], "unknown", "{f}");
+    }
+}
+
+#[test]
+fn verify_tells_the_same_person_from_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("faces.db");
+    let v = |a: &str, b: &str| -> serde_json::Value {
+        serde_json::from_str(&ok(&faces(&g, &["verify", "--json", &photo(a), &photo(b)]))).unwrap()
+    };
+    let same = v("facerec-obama.jpg", "facerec-obama2.jpg");
+    let other = v("facerec-obama.jpg", "facerec-biden.jpg");
+    assert_eq!(same["same"], true, "{same}");
+    assert_eq!(other["same"], false, "{other}");
+    assert!(same["similarity"].as_f64().unwrap() > other["similarity"].as_f64().unwrap() + 0.4);
+}
+
+/// The dlib identity chips (5 people): every same-person pair above every different-person pair,
+/// or nearly. `calibrate` measures it through detection and alignment like enrollment does.
+#[test]
+fn same_person_pairs_score_well_above_different_people() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("faces.db");
+    let chips = common::root().join("calibration/heldout/face-chips");
+    assert!(chips.is_dir(), "run scripts/setup.sh");
+    let v: serde_json::Value = serde_json::from_str(&ok(&faces(
+        &g,
+        &["calibrate", "--json", chips.to_str().unwrap()],
+    )))
+    .unwrap();
+    assert!(v["faces"].as_u64().unwrap() >= 20, "{v}");
+    assert!(v["auc"].as_f64().unwrap() >= 0.99, "{v}");
+    let t = v["threshold"].as_f64().unwrap();
+    assert!((0.2..0.7).contains(&t), "{v}");
+}
+
+#[test]
+fn list_rename_remove_export_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("faces.db");
+    ok(&faces(
+        &g,
+        &["enroll", "--name", "obama", &photo("facerec-obama.jpg")],
+    ));
+    ok(&faces(
+        &g,
+        &["enroll", "--name", "obama", &photo("facerec-obama3.jpg")],
+    ));
+    ok(&faces(
+        &g,
+        &["enroll", "--name", "biden", &photo("facerec-biden.jpg")],
+    ));
+    assert_eq!(listed(&g), vec![("biden".into(), 1), ("obama".into(), 2)]);
+    ok(&faces(&g, &["rename", "biden", "joe"]));
+    let file = dir.path().join("people.json");
+    ok(&faces(&g, &["export", file.to_str().unwrap()]));
+    ok(&faces(&g, &["remove", "joe"]));
+    assert_eq!(listed(&g), vec![("obama".into(), 2)]);
+    let g2 = dir.path().join("copy.db");
+    ok(&faces(&g2, &["import", file.to_str().unwrap()]));
+    assert_eq!(listed(&g2), vec![("joe".into(), 1), ("obama".into(), 2)]);
+    assert_eq!(
+        identify(&g2, &photo("facerec-obama2.jpg"))[0]["name"],
+        "obama"
+    );
+    // Unknown names are errors that name the gallery.
+    let e = error_line(&faces(&g, &["remove", "nobody"]));
+    assert!(e.contains("nobody") && e.contains("faces.db"), "{e}");
+}
+
+/// The one face of `carphone_pristine.mp4` enrolls from its best frames.
+#[test]
+fn a_video_with_one_face_enrolls_its_best_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("faces.db");
+    let clip = asset("assets/carphone_pristine.mp4");
+    let out = ok(&faces(
+        &g,
+        &[
+            "enroll",
+            "--name",
+            "driver",
+            "--frames",
+            "4",
+            clip.to_str().unwrap(),
+        ],
+    ));
+    assert!(out.contains("4 new faces"), "{out}");
+}
+
+fn image(dir: &Path, name: &str, description: &str) -> PathBuf {
+    let p = dir.join(name);
+    launch_to_eos(&description.replace("OUT", &p.to_string_lossy()), 30);
+    p
+}
+
+/// Every bad input is refused with a message naming the file, and the gallery is unchanged.
+#[test]
+fn bad_inputs_are_refused_and_leave_the_gallery_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let g = d.join("faces.db");
+    ok(&faces(
+        &g,
+        &["enroll", "--name", "obama", &photo("facerec-obama.jpg")],
+    ));
+    let before = listed(&g);
+    let obama = photo("facerec-obama.jpg");
+    let no_face = image(
+        d,
+        "grey.jpg",
+        "videotestsrc num-buffers=1 pattern=gradient ! video/x-raw,width=320,height=240 ! jpegenc ! filesink location=OUT",
+    );
+    let tiny = image(
+        d,
+        "tiny.jpg",
+        &format!("filesrc location={obama} ! jpegdec ! videoscale ! video/x-raw,width=114,height=142 ! jpegenc ! filesink location=OUT"),
+    );
+    let blurred = image(
+        d,
+        "blurred.jpg",
+        &format!("filesrc location={obama} ! jpegdec ! videoconvert ! gaussianblur sigma=10 ! videoconvert ! jpegenc ! filesink location=OUT"),
+    );
+    let corrupt = d.join("corrupt.jpg");
+    let bytes = std::fs::read(&obama).unwrap();
+    std::fs::write(&corrupt, &bytes[..600]).unwrap();
+    let crowd = photo("dlib-bald_guys.jpg");
+    let cases: Vec<(Vec<&str>, &str, String)> = vec![
+        (
+            vec![no_face.to_str().unwrap()],
+            "no face found",
+            no_face.display().to_string(),
+        ),
+        (vec![&crowd], "--largest", crowd.clone()),
+        (
+            vec![tiny.to_str().unwrap()],
+            "too small",
+            tiny.display().to_string(),
+        ),
+        (
+            vec![blurred.to_str().unwrap()],
+            "blurred",
+            blurred.display().to_string(),
+        ),
+        (
+            vec![corrupt.to_str().unwrap()],
+            "corrupt.jpg",
+            corrupt.display().to_string(),
+        ),
+        // A good photo first: the bad one after it still leaves nothing enrolled.
+        (
+            vec![&obama, no_face.to_str().unwrap()],
+            "no face found",
+            no_face.display().to_string(),
+        ),
+    ];
+    for (inputs, why, file) in cases {
+        let mut args = vec!["enroll", "--name", "newcomer"];
+        args.extend(inputs);
+        let o = faces(&g, &args);
+        assert!(!o.status.success(), "{args:?} enrolled");
+        let e = error_line(&o);
+        assert!(e.contains(why) && e.contains(&file), "{args:?}: {e}");
+        assert_eq!(listed(&g), before, "{args:?} changed the gallery");
+    }
+    // Overrides: --largest takes the crowd's largest face, --force the tiny one.
+    ok(&faces(
+        &g,
+        &["enroll", "--name", "crowd", "--largest", &crowd],
+    ));
+    ok(&faces(
+        &g,
+        &[
+            "enroll",
+            "--name",
+            "small",
+            "--force",
+            tiny.to_str().unwrap(),
+        ],
+    ));
+    // A duplicate name: appended by default, refused with --new.
+    let e = error_line(&faces(&g, &["enroll", "--name", "obama", "--new", &obama]));
+    assert!(e.contains("obama") && e.contains("faces.db"), "{e}");
+    ok(&faces(
+        &g,
+        &["enroll", "--name", "obama", &photo("facerec-obama3.jpg")],
+    ));
+    assert!(listed(&g).contains(&("obama".into(), 2)));
+}
+
+#[test]
+fn a_gallery_that_is_not_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text = d.join("notes.db");
+    std::fs::write(&text, "this is not a database\n".repeat(100)).unwrap();
+    let e = error_line(&faces(&text, &["list"]));
+    assert!(
+        e.contains("notes.db") && e.contains("not an edgesight face gallery"),
+        "{e}"
+    );
+    // Newer schema, and another embedder.
+    let g = d.join("faces.db");
+    ok(&faces(
+        &g,
+        &["enroll", "--name", "obama", &photo("facerec-obama.jpg")],
+    ));
+    let newer = d.join("newer.db");
+    std::fs::copy(&g, &newer).unwrap();
+    let c = rusqlite::Connection::open(&newer).unwrap();
+    c.pragma_update(None, "user_version", 99).unwrap();
+    drop(c);
+    let e = error_line(&faces(&newer, &["list"]));
+    assert!(e.contains("newer.db") && e.contains("newer"), "{e}");
+    let other = d.join("other.db");
+    std::fs::copy(&g, &other).unwrap();
+    let c = rusqlite::Connection::open(&other).unwrap();
+    let n = c
+        .execute(
+            "UPDATE meta SET value = ?1 WHERE key LIKE '%sha256%'",
+            ["0".repeat(64)],
+        )
+        .unwrap();
+    assert!(n >= 1);
+    drop(c);
+    let e = error_line(&faces(&other, &["identify", &photo("facerec-obama2.jpg")]));
+    assert!(
+        e.contains("other.db") && e.to_lowercase().contains("embedder"),
+        "{e}"
+    );
+}
+
+/// SIGKILL a real `faces enroll` at random moments: the gallery always opens, passes SQLite's
+/// integrity check, and holds either the people before or the people after, never a part.
+#[test]
+fn a_kill_during_enrollment_leaves_the_old_or_the_new_gallery() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("faces.db");
+    ok(&faces(
+        &g,
+        &["enroll", "--name", "obama", &photo("facerec-obama.jpg")],
+    ));
+    let photos = [
+        photo("facerec-biden.jpg"),
+        photo("facerec-obama2.jpg"),
+        photo("facerec-obama3.jpg"),
+        photo("dlib-Tom_Cruise_avp_2014_4.jpg"),
+    ];
+    let (mut old, mut new) = (0, 0);
+    for round in 0..24u64 {
+        let name = format!("p{round}");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_edgesight"));
+        cmd.args([
+            "faces",
+            "--gallery",
+            g.to_str().unwrap(),
+            "enroll",
+            "--name",
+            &name,
+            "--largest",
+        ])
+        .args(&photos)
+        .current_dir(common::root())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(fastrand::u64(50..900)));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        let c = rusqlite::Connection::open(&g).unwrap();
+        let check: String = c
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok", "round {round}");
+        let rows: i64 = c
+            .query_row(
+                "SELECT COUNT(*) FROM embeddings e JOIN persons p ON p.id = e.person_id WHERE p.name = ?1",
+                [&name],
+                |r| r.get(0),
+            )
+            .unwrap();
+        match rows {
+            0 => old += 1,
+            4 => new += 1,
+            n => panic!("round {round}: {name} half-enrolled with {n} of 4 faces"),
+        }
+        drop(c);
+        assert!(listed(&g).iter().any(|p| p.0 == "obama"));
+    }
+    // The kills landed on both sides of the commit.
+    assert!(
+        old > 0 && new > 0,
+        "old {old}, new {new}: adjust the kill times"
+    );
+}
+
+/// The face of a photo turned by a known angle comes out of alignment upright: its landmarks
+/// turn with the photo, and its aligned crop gives the same embedding as the upright photo's.
+#[test]
+fn a_rotated_face_comes_out_upright() {
+    use edgesight::faces::FaceModels;
+    use edgesight::models::Manifest;
+    let dir = tempfile::tempdir().unwrap();
+    let upright = photo("facerec-obama.jpg");
+    let turned = image(
+        dir.path(),
+        "turned.jpg",
+        &format!("filesrc location={upright} ! jpegdec ! videoconvert ! rotate angle=0.5 ! videoconvert ! jpegenc ! filesink location=OUT"),
+    );
+    let mut models = FaceModels::load(
+        &Manifest::find("blazeface").unwrap(),
+        &Manifest::find("mobilefacenet").unwrap(),
+        &Default::default(),
+    )
+    .unwrap();
+    let mut face_of = |p: &Path| {
+        let frame = common::first_rgb_frame(p);
+        let mut f = models.faces(&frame).unwrap();
+        assert_eq!(f.len(), 1, "{}", p.display());
+        f.remove(0)
+    };
+    let a = face_of(Path::new(&upright));
+    let b = face_of(&turned);
+    let tilt = |f: &edgesight::faces::Face| {
+        let (l, r) = f.landmarks.eyes();
+        (r[1] - l[1]).atan2(r[0] - l[0])
+    };
+    // GStreamer's rotate turns the picture by 0.5 rad (about 29°) clockwise on screen.
+    let turned_by = (tilt(&b) - tilt(&a)).abs();
+    assert!(
+        (turned_by - 0.5).abs() < 0.08,
+        "the eye line turned by {turned_by} rad"
+    );
+    let s = edgesight::faces::gallery::similarity(&a.embedding, &b.embedding);
+    assert!(s > 0.9, "aligned crops differ: {s}");
+}
