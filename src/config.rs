@@ -427,7 +427,8 @@ pub fn check_faces(spec: &RunSpec) -> Result<(), String> {
     if !spec.tracker.enabled {
         return Err("[faces] names tracks: [tracker] enabled must be true".into());
     }
-    let landmarks = spec.model.family == crate::models::Family::Blazeface;
+    use crate::models::Family;
+    let landmarks = matches!(spec.model.family, Family::Blazeface | Family::Scrfd);
     if f.face_detector.is_none() && !landmarks {
         return Err(format!(
             "[faces]: the model {} gives no face landmarks; use a face detector (blazeface) as \

@@ -924,6 +924,12 @@ fn optimize(a: &OptimizeArgs) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`edgesight faces list | head`), as command-line tools do,
+    // instead of panicking in println!.
+    // SAFETY: called first, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -23,10 +23,11 @@ pub enum Family {
     Yolov8,
     /// CenterNet with its top-k decoding in the graph: `[1, N, 6]` = box, score, class.
     Centernet,
-    /// MediaPipe BlazeFace (scores and regressors per anchor). `optimize` only, for now: its
-    /// decoding in `run` is still to come.
+    /// MediaPipe BlazeFace (scores and regressors per anchor): faces with six landmarks.
     Blazeface,
-    /// A face (or other) embedder: one vector per crop. `optimize` only, for now.
+    /// InsightFace SCRFD: faces with the five ArcFace landmarks (non-commercial weights).
+    Scrfd,
+    /// A face (or other) embedder: one vector per aligned crop (`faces`, `optimize`).
     Embedder,
 }
 
@@ -34,7 +35,7 @@ impl Family {
     pub fn is_detector(self) -> bool {
         matches!(
             self,
-            Family::Ssd | Family::Yolov8 | Family::Centernet | Family::Blazeface
+            Family::Ssd | Family::Yolov8 | Family::Centernet | Family::Blazeface | Family::Scrfd
         )
     }
 }

@@ -7,6 +7,7 @@ pub mod centernet;
 pub mod embedder;
 pub mod labels;
 pub mod manifest;
+pub mod scrfd;
 pub mod ssd;
 pub mod yolov8;
 
@@ -117,6 +118,7 @@ pub fn build_detector(m: &Manifest, io: &ModelIo) -> Result<Box<dyn Detector>, M
         Family::Yolov8 => Box::new(yolov8::Yolov8::new(m, io, labels)?),
         Family::Centernet => Box::new(centernet::CenterNet::new(m, io, labels)?),
         Family::Blazeface => Box::new(blazeface::BlazeFace::new(m, io, labels)?),
+        Family::Scrfd => Box::new(scrfd::Scrfd::new(m, io, labels)?),
         Family::Embedder => {
             return Err(ModelError::Io {
                 model: m.file.display().to_string(),
