@@ -43,10 +43,16 @@ pub fn anchor_centres(input: u32, stride: u32) -> Vec<(f32, f32)> {
     out
 }
 
+/// One stride's anchors and the indices of its score, box and keypoint outputs.
+struct Head {
+    stride: f32,
+    anchors: Vec<(f32, f32)>,
+    outputs: (usize, usize, usize),
+}
+
 pub struct Scrfd {
     c: DetectorCommon,
-    /// Per stride: (stride, anchors, score output, box output, keypoint output).
-    heads: Vec<(f32, Vec<(f32, f32)>, usize, usize, usize)>,
+    heads: Vec<Head>,
 }
 
 impl Scrfd {
@@ -72,7 +78,11 @@ impl Scrfd {
                 })
             };
             match (find(1), find(4), find(10)) {
-                (Some(s), Some(b), Some(k)) => heads.push((stride as f32, anchors, s, b, k)),
+                (Some(s), Some(b), Some(k)) => heads.push(Head {
+                    stride: stride as f32,
+                    anchors,
+                    outputs: (s, b, k),
+                }),
                 _ => {
                     return Err(check.err(format!(
                         "outputs do not fit the scrfd family (want [1, {n}, 1|4|10] scores, boxes \
@@ -111,7 +121,12 @@ impl Detector for Scrfd {
 
     fn decode(&self, outputs: &[Output], t: &Transform) -> Result<Vec<Detection>, ModelError> {
         let mut dets = Vec::new();
-        for (stride, anchors, si, bi, ki) in &self.heads {
+        for Head {
+            stride,
+            anchors,
+            outputs: (si, bi, ki),
+        } in &self.heads
+        {
             let (scores, boxes, kps) = (&outputs[*si], &outputs[*bi], &outputs[*ki]);
             let n = anchors.len();
             if scores.data.len() != n || boxes.data.len() != n * 4 || kps.data.len() != n * 10 {
