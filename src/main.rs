@@ -53,7 +53,8 @@ enum Cmd {
         /// What to measure: the bare engine against the pipeline (`pipeline`), or a live suite:
         /// `layouts` (replicas x threads), `streams` (N file streams batched), `latency`
         /// (capture to event on a live source), `reconnect` (RTSP camera kill/restart), `soak`,
-        /// `tracker` (the tracker alone, 50 objects a frame).
+        /// `tracker` (the tracker alone, 50 objects a frame), `faces` (verification, speed and
+        /// per-track saving of face recognition; --model-dir adds an INT8 embedder).
         #[arg(long, value_enum, default_value_t = Suite::Pipeline)]
         suite: Suite,
         /// streams: how many; reconnect: cycles; soak: frames; tracker: objects per frame.
@@ -248,6 +249,7 @@ enum Suite {
     Reconnect,
     Soak,
     Tracker,
+    Faces,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -706,6 +708,23 @@ fn bench_live(
     json: Option<&PathBuf>,
 ) -> Result<ExitCode> {
     use edgesight::bench::live;
+    if let Suite::Faces = suite {
+        let root = edgesight::models::manifest::models_dir()
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        eprintln!("bench faces: verification, speed, per-track saving, faces inside persons ...");
+        let r =
+            edgesight::bench::faces::run(&root, args.model_dir.as_deref(), &live::scratch_dir())?;
+        let text = serde_json::to_string_pretty(&r)?;
+        println!("{text}");
+        if let Some(p) = json {
+            std::fs::write(p, text + "\n")
+                .with_context(|| format!("cannot write {}", p.display()))?;
+        }
+        let _ = std::fs::remove_dir_all(live::scratch_dir());
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut spec = RunArgs {
         input: args
             .input
@@ -738,6 +757,7 @@ fn bench_live(
         Suite::Tracker => {
             serde_json::to_value(live::tracker(count.unwrap_or(50) as usize, 10_000))?
         }
+        Suite::Faces => unreachable!("handled above"),
         Suite::Soak => serde_json::to_value(live::soak(
             &spec,
             count.unwrap_or(100_000),
@@ -762,6 +782,7 @@ fn suite_name(s: Suite) -> &'static str {
         Suite::Reconnect => "reconnect",
         Suite::Soak => "soak",
         Suite::Tracker => "tracker",
+        Suite::Faces => "faces",
     }
 }
 

@@ -417,3 +417,71 @@ fn a_rotated_face_comes_out_upright() {
     let s = edgesight::faces::gallery::similarity(&a.embedding, &b.embedding);
     assert!(s > 0.9, "aligned crops differ: {s}");
 }
+
+/// The INT8 embedder that `optimize` makes works with `--model-dir`: it tells Obama from Biden,
+/// and a gallery made with the FP32 embedder is refused by it (another embedder) rather than
+/// compared.
+#[test]
+fn the_int8_embedder_artifact_recognises_and_keeps_its_own_gallery() {
+    let dir = tempfile::tempdir().unwrap();
+    let art = dir.path().join("mobilefacenet-int8");
+    let model = common::root().join("models/cache/mobilefacenet.onnx");
+    ok(&edgesight(&[
+        "optimize",
+        model.to_str().unwrap(),
+        "--runs",
+        "3",
+        "--out",
+        art.to_str().unwrap(),
+    ]));
+    let a = art.to_str().unwrap();
+    let g8 = dir.path().join("int8.db");
+    let int8 = |args: &[&str]| {
+        let mut all = vec!["faces", "--model-dir", a, "--gallery", g8.to_str().unwrap()];
+        all.extend_from_slice(args);
+        edgesight(&all)
+    };
+    let v: serde_json::Value = serde_json::from_str(&ok(&int8(&[
+        "verify",
+        "--json",
+        &photo("facerec-obama.jpg"),
+        &photo("facerec-obama2.jpg"),
+    ])))
+    .unwrap();
+    assert_eq!(v["same"], true, "{v}");
+    let v: serde_json::Value = serde_json::from_str(&ok(&int8(&[
+        "verify",
+        "--json",
+        &photo("facerec-obama.jpg"),
+        &photo("facerec-biden.jpg"),
+    ])))
+    .unwrap();
+    assert_eq!(v["same"], false, "{v}");
+    ok(&int8(&[
+        "enroll",
+        "--name",
+        "obama",
+        &photo("facerec-obama3.jpg"),
+    ]));
+    let out = ok(&int8(&["identify", &photo("facerec-obama2.jpg")]));
+    assert!(out.contains("\tobama\t"), "{out}");
+    // The FP32 gallery is another embedder's.
+    let g32 = dir.path().join("fp32.db");
+    ok(&faces(
+        &g32,
+        &["enroll", "--name", "obama", &photo("facerec-obama3.jpg")],
+    ));
+    let o = edgesight(&[
+        "faces",
+        "--model-dir",
+        a,
+        "--gallery",
+        g32.to_str().unwrap(),
+        "list",
+    ]);
+    let e = error_line(&o);
+    assert!(
+        e.contains("fp32.db") && e.to_lowercase().contains("embedder"),
+        "{e}"
+    );
+}

@@ -287,4 +287,5 @@ mod tests {
         assert_eq!(super::median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
     }
 }
+pub mod faces;
 pub mod live;

@@ -94,6 +94,13 @@ impl Landmarks {
         }
     }
 
+    /// The four points BlazeFace gives (the mouth corners merged into their midpoint): to
+    /// measure what the coarser fit costs on the same faces.
+    pub fn to_four(&self) -> Self {
+        let (re, le) = self.eyes();
+        Landmarks::Four([re, le, self.nose(), self.mouth()])
+    }
+
     /// Landmarks from a detection's keypoints, by name: BlazeFace's `right_eye`, `left_eye`,
     /// `nose_tip`, `mouth`, or five-point detectors' `mouth_right`/`mouth_left`.
     pub fn from_keypoints(kps: &[crate::detection::Keypoint]) -> Option<Self> {

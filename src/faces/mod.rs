@@ -174,6 +174,16 @@ impl FaceDetector {
         Ok(self.detector.decode(&out, &t)?)
     }
 
+    /// The faces in a packed RGB image.
+    pub fn detect_rgb(
+        &mut self,
+        rgb: ndarray::ArrayView3<u8>,
+    ) -> Result<Vec<Detection>, FaceError> {
+        let (tensor, t) = self.pre.run(rgb)?;
+        let out = self.engine.run(&tensor)?;
+        Ok(self.detector.decode(&out, &t)?)
+    }
+
     /// The faces inside `region` of `frame` (x1, y1, x2, y2 in source pixels), in source
     /// pixels: the region is cropped to RGB and detected on alone, so that a small face in a
     /// large frame fills more of the detector's input.
@@ -186,9 +196,7 @@ impl FaceDetector {
             return Ok(Vec::new());
         };
         let view = ndarray::ArrayView3::from_shape((h, w, 3), &rgb).expect("packed crop");
-        let (tensor, t) = self.pre.run(view)?;
-        let out = self.engine.run(&tensor)?;
-        let mut dets = self.detector.decode(&out, &t)?;
+        let mut dets = self.detect_rgb(view)?;
         for d in &mut dets {
             let (dx, dy) = (x0 as f32, y0 as f32);
             d.bbox.x1 += dx;
@@ -247,6 +255,38 @@ impl FaceEmbedder {
             let side = (b.x2 - b.x1).min(b.y2 - b.y1);
             faces.push(Face {
                 quality: quality::assess(side, &landmarks, &chip),
+                detection: d.clone(),
+                landmarks,
+                chip,
+                embedding: Vec::new(),
+            });
+        }
+        faces
+    }
+
+    /// [`Self::align`] on a packed RGB image of `height` rows of `width` pixels; `four` fits
+    /// four points (BlazeFace's set) even where the detector gives five.
+    pub fn align_rgb(
+        rgb: &[u8],
+        (width, height): (u32, u32),
+        dets: &[Detection],
+        four: bool,
+    ) -> Vec<Face> {
+        let mut faces = Vec::new();
+        for d in dets {
+            let Some(mut landmarks) = Landmarks::from_keypoints(&d.keypoints) else {
+                continue;
+            };
+            if four {
+                landmarks = landmarks.to_four();
+            }
+            let size = (width, height, width as usize * 3);
+            let Some(chip) = align::aligned_chip(rgb, size, &landmarks) else {
+                continue;
+            };
+            let b = d.bbox;
+            faces.push(Face {
+                quality: quality::assess((b.x2 - b.x1).min(b.y2 - b.y1), &landmarks, &chip),
                 detection: d.clone(),
                 landmarks,
                 chip,
