@@ -243,6 +243,7 @@ fn hand_labelled_pedestrians_keep_their_ids() {
             kept += usize::from(id_at(w[0].0, w[0].1) == id_at(w[1].0, w[1].1));
         }
     }
+    println!("IDs kept in {kept} of 8 steps");
     assert!(kept >= 3, "IDs kept in {kept} of 8 steps");
 }
 
@@ -400,6 +401,7 @@ fn the_counting_line_agrees_with_a_hand_count() {
     }
     let recall = matched as f64 / HAND_CROSSINGS.len() as f64;
     let precision = matched as f64 / tracked.len().max(1) as f64;
+    println!("line: recall {recall:.2}, precision {precision:.2}");
     assert!(
         recall >= 0.7 && precision >= 0.85,
         "{matched} of {} hand crossings found, {} tracked crossings: {tracked:?}",

@@ -56,6 +56,10 @@ pub struct TrackerSettings {
     pub match_iou: f32,
     /// IoU a low-score detection needs.
     pub low_match_iou: f32,
+    /// A lost track and a detection are compared with both boxes grown by this fraction of
+    /// their size on each side, so that a track whose object was hidden for a while finds it
+    /// again although its predicted box drifted. 0 turns it off.
+    pub lost_buffer: f32,
     /// Frames a track must be seen in before it is reported (`new`).
     pub min_hits: u32,
     /// A track unseen for this long ends.
@@ -75,6 +79,7 @@ impl Default for TrackerSettings {
             new_track_score: 0.6,
             match_iou: 0.2,
             low_match_iou: 0.5,
+            lost_buffer: 0.3,
             min_hits: 3,
             lost_ttl_s: 2.0,
             update_interval_s: 1.0,
@@ -100,6 +105,12 @@ impl TrackerSettings {
             ("low_match_iou", self.low_match_iou),
         ] {
             unit(name, v)?;
+        }
+        if !(0.0..=2.0).contains(&self.lost_buffer) {
+            return Err(format!(
+                "lost_buffer = {}: must lie between 0 and 2",
+                self.lost_buffer
+            ));
         }
         if self.low_score > self.high_score {
             return Err("low_score must not exceed high_score".into());
@@ -173,6 +184,17 @@ struct Track {
 impl Track {
     fn predicted(&self) -> BBox {
         to_box(self.filter.mean())
+    }
+}
+
+/// `b` grown by `f` of its width and height on each side.
+fn expand(b: &BBox, f: f32) -> BBox {
+    let (dw, dh) = ((b.x2 - b.x1) * f, (b.y2 - b.y1) * f);
+    BBox {
+        x1: b.x1 - dw,
+        y1: b.y1 - dh,
+        x2: b.x2 + dw,
+        y2: b.y2 + dh,
     }
 }
 
@@ -253,12 +275,15 @@ impl Tracker {
             .map(|&ti| {
                 let tr = &self.tracks[ti];
                 let pred = tr.predicted();
+                // A lost track's prediction drifts while its object is hidden: match it with
+                // boxes grown on every side (buffered IoU, Yang et al. 2023, "C-BIoU").
+                let buffer = if tr.tracked { 0.0 } else { self.s.lost_buffer };
                 cands
                     .iter()
                     .map(|&di| {
                         let d = &dets[di];
                         if d.class_id == tr.class_id {
-                            pred.iou(&d.bbox)
+                            expand(&pred, buffer).iou(&expand(&d.bbox, buffer))
                         } else {
                             -1.0
                         }

@@ -237,3 +237,30 @@ fn out_of_range_settings_name_the_field() {
     }
     assert!(TrackerSettings::default().check().is_ok());
 }
+
+/// A walker hidden for half a second who slows down behind the obstacle: the prediction runs on
+/// ahead of where they reappear, so plain IoU loses them; the buffered match finds them again.
+#[test]
+fn a_hidden_walker_who_slowed_is_found_again_with_the_buffer() {
+    let scene = |f: u64| -> Vec<Detection> {
+        match f {
+            0..10 => vec![det(1, 100.0 + 12.0 * f as f32, 50.0, 0.9)],
+            10..15 => vec![],
+            _ => vec![det(1, 208.0 + 7.0 * (f - 9) as f32, 50.0, 0.9)],
+        }
+    };
+    let last = |s: TrackerSettings| {
+        let mut t = Tracker::new(s);
+        run(&mut t, 25, scene)[24][0]
+    };
+    assert_eq!(last(TrackerSettings::default()), Some(1));
+    let plain = TrackerSettings {
+        lost_buffer: 0.0,
+        ..TrackerSettings::default()
+    };
+    assert_eq!(
+        last(plain),
+        Some(2),
+        "without the buffer the walker gets a new ID"
+    );
+}
