@@ -13,10 +13,12 @@ fn main() {
         });
     println!("cargo:rerun-if-changed={}", proto.display());
     if !proto.is_file() {
-        panic!(
-            "{} is missing: run `bash scripts/setup.sh` (it extracts onnx.proto from the pinned onnx wheel)",
+        // One line, not a panic's backtrace: this is the first thing a fresh clone meets.
+        eprintln!(
+            "error: {} is missing: run `bash scripts/setup.sh` first (it extracts onnx.proto from the pinned onnx wheel)",
             proto.display()
         );
+        std::process::exit(1);
     }
     let dir = proto.parent().expect("a file has a parent folder");
     prost_build::Config::new()

@@ -101,8 +101,11 @@ impl Default for EngineConfig {
 pub fn runtime() -> Result<&'static ort::environment::Environment, EngineError> {
     static ENV: OnceLock<Result<ort::environment::Environment, EngineError>> = OnceLock::new();
     ENV.get_or_init(|| {
-        let path = std::env::var("ORT_DYLIB_PATH")
-            .unwrap_or_else(|_| ".deps/onnxruntime/libonnxruntime.so".to_string());
+        let path = std::env::var("ORT_DYLIB_PATH").unwrap_or_else(|_| {
+            crate::bundled(".deps/onnxruntime/libonnxruntime.so")
+                .to_string_lossy()
+                .into_owned()
+        });
         let fail = |reason: String| EngineError::Runtime {
             path: path.clone(),
             reason,

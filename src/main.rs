@@ -617,7 +617,11 @@ fn bench(
 ) -> Result<ExitCode> {
     let mut spec = match (&args.input, &args.pipeline) {
         (None, None) => RunArgs {
-            input: Some("assets/vtest.avi".into()),
+            input: Some(
+                edgesight::bundled("assets/vtest.avi")
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
             ..args.clone()
         }
         .spec()?,
@@ -709,10 +713,7 @@ fn bench_live(
 ) -> Result<ExitCode> {
     use edgesight::bench::live;
     if let Suite::Faces = suite {
-        let root = edgesight::models::manifest::models_dir()
-            .parent()
-            .map(PathBuf::from)
-            .unwrap_or_default();
+        let root = edgesight::home();
         eprintln!("bench faces: verification, speed, per-track saving, faces inside persons ...");
         let r =
             edgesight::bench::faces::run(&root, args.model_dir.as_deref(), &live::scratch_dir())?;
@@ -726,10 +727,13 @@ fn bench_live(
         return Ok(ExitCode::SUCCESS);
     }
     let mut spec = RunArgs {
-        input: args
-            .input
-            .clone()
-            .or_else(|| Some("assets/vtest.avi".into())),
+        input: args.input.clone().or_else(|| {
+            Some(
+                edgesight::bundled("assets/vtest.avi")
+                    .to_string_lossy()
+                    .into_owned(),
+            )
+        }),
         ..args.clone()
     }
     .spec()?;
@@ -876,11 +880,11 @@ fn optimize(a: &OptimizeArgs) -> Result<ExitCode> {
     let calibration = a
         .calibration
         .clone()
-        .unwrap_or_else(|| PathBuf::from("calibration").join(&set));
+        .unwrap_or_else(|| edgesight::bundled("calibration").join(&set));
     let heldout = match (&a.heldout, &a.calibration) {
         (Some(h), _) => h.clone(),
         (None, Some(c)) => c.join("heldout"),
-        (None, None) => PathBuf::from("calibration/heldout").join(&set),
+        (None, None) => edgesight::bundled("calibration/heldout").join(&set),
     };
     let precision = match a.precision {
         PrecisionArg::Int8 => Precision::Int8,

@@ -177,125 +177,156 @@ fn image(dir: &Path, name: &str, description: &str) -> PathBuf {
     p
 }
 
-/// Every bad input is refused with a message naming the file, and the gallery is unchanged.
-#[test]
-fn bad_inputs_are_refused_and_leave_the_gallery_unchanged() {
+/// A gallery with Obama enrolled, in a folder that also holds the test's images.
+fn gallery_with_obama() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let g = d.join("faces.db");
+    let g = dir.path().join("faces.db");
     ok(&faces(
         &g,
         &["enroll", "--name", "obama", &photo("facerec-obama.jpg")],
     ));
-    let before = listed(&g);
-    let obama = photo("facerec-obama.jpg");
-    let no_face = image(
-        d,
+    (dir, g)
+}
+
+/// `enroll --name newcomer INPUTS` is refused with one error naming `file` and saying `why`,
+/// and the gallery is as it was.
+fn refused(g: &Path, inputs: &[&str], why: &str, file: &str) {
+    let before = listed(g);
+    let mut args = vec!["enroll", "--name", "newcomer"];
+    args.extend_from_slice(inputs);
+    let o = faces(g, &args);
+    assert!(!o.status.success(), "{args:?} enrolled");
+    let e = error_line(&o);
+    assert!(e.contains(why) && e.contains(file), "{args:?}: {e}");
+    assert_eq!(listed(g), before, "{args:?} changed the gallery");
+}
+
+fn no_face_image(dir: &Path) -> PathBuf {
+    image(
+        dir,
         "grey.jpg",
         "videotestsrc num-buffers=1 pattern=gradient ! video/x-raw,width=320,height=240 ! jpegenc ! filesink location=OUT",
+    )
+}
+
+#[test]
+fn a_photo_without_a_face_is_refused() {
+    let (dir, g) = gallery_with_obama();
+    let p = no_face_image(dir.path());
+    refused(
+        &g,
+        &[p.to_str().unwrap()],
+        "no face found",
+        p.to_str().unwrap(),
     );
-    let tiny = image(
-        d,
-        "tiny.jpg",
-        &format!("filesrc location={obama} ! jpegdec ! videoscale ! video/x-raw,width=114,height=142 ! jpegenc ! filesink location=OUT"),
+}
+
+/// A good photo first, then a bad one: nothing of the command is enrolled.
+#[test]
+fn one_bad_photo_enrolls_nothing_of_the_command() {
+    let (dir, g) = gallery_with_obama();
+    let p = no_face_image(dir.path());
+    let good = photo("facerec-obama3.jpg");
+    refused(
+        &g,
+        &[&good, p.to_str().unwrap()],
+        "no face found",
+        p.to_str().unwrap(),
     );
-    let blurred = image(
-        d,
-        "blurred.jpg",
-        &format!("filesrc location={obama} ! jpegdec ! videoconvert ! gaussianblur sigma=10 ! videoconvert ! jpegenc ! filesink location=OUT"),
-    );
-    let corrupt = d.join("corrupt.jpg");
-    let bytes = std::fs::read(&obama).unwrap();
-    std::fs::write(&corrupt, &bytes[..600]).unwrap();
+}
+
+#[test]
+fn several_faces_are_refused_unless_largest() {
+    let (_dir, g) = gallery_with_obama();
     let crowd = photo("dlib-bald_guys.jpg");
-    let cases: Vec<(Vec<&str>, &str, String)> = vec![
-        (
-            vec![no_face.to_str().unwrap()],
-            "no face found",
-            no_face.display().to_string(),
-        ),
-        (vec![&crowd], "--largest", crowd.clone()),
-        (
-            vec![tiny.to_str().unwrap()],
-            "too small",
-            tiny.display().to_string(),
-        ),
-        (
-            vec![blurred.to_str().unwrap()],
-            "blurred",
-            blurred.display().to_string(),
-        ),
-        (
-            vec![corrupt.to_str().unwrap()],
-            "corrupt.jpg",
-            corrupt.display().to_string(),
-        ),
-        // A good photo first: the bad one after it still leaves nothing enrolled.
-        (
-            vec![&obama, no_face.to_str().unwrap()],
-            "no face found",
-            no_face.display().to_string(),
-        ),
-    ];
-    for (inputs, why, file) in cases {
-        let mut args = vec!["enroll", "--name", "newcomer"];
-        args.extend(inputs);
-        let o = faces(&g, &args);
-        assert!(!o.status.success(), "{args:?} enrolled");
-        let e = error_line(&o);
-        assert!(e.contains(why) && e.contains(&file), "{args:?}: {e}");
-        assert_eq!(listed(&g), before, "{args:?} changed the gallery");
-    }
-    // Overrides: --largest takes the crowd's largest face, --force the tiny one.
+    refused(&g, &[&crowd], "--largest", &crowd);
     ok(&faces(
         &g,
         &["enroll", "--name", "crowd", "--largest", &crowd],
     ));
-    ok(&faces(
-        &g,
-        &[
-            "enroll",
-            "--name",
-            "small",
-            "--force",
-            tiny.to_str().unwrap(),
-        ],
-    ));
-    // A duplicate name: appended by default, refused with --new.
-    let e = error_line(&faces(&g, &["enroll", "--name", "obama", "--new", &obama]));
-    assert!(e.contains("obama") && e.contains("faces.db"), "{e}");
-    ok(&faces(
-        &g,
-        &["enroll", "--name", "obama", &photo("facerec-obama3.jpg")],
-    ));
-    assert!(listed(&g).contains(&("obama".into(), 2)));
+    assert!(listed(&g).contains(&("crowd".into(), 1)));
 }
 
 #[test]
-fn a_gallery_that_is_not_one_is_refused() {
+fn a_small_face_is_refused_unless_forced() {
+    let (dir, g) = gallery_with_obama();
+    let obama = photo("facerec-obama.jpg");
+    let tiny = image(
+        dir.path(),
+        "tiny.jpg",
+        &format!("filesrc location={obama} ! jpegdec ! videoscale ! video/x-raw,width=114,height=142 ! jpegenc ! filesink location=OUT"),
+    );
+    let t = tiny.to_str().unwrap();
+    refused(&g, &[t], "too small", t);
+    ok(&faces(&g, &["enroll", "--name", "small", "--force", t]));
+}
+
+#[test]
+fn a_blurred_face_is_refused() {
+    let (dir, g) = gallery_with_obama();
+    let obama = photo("facerec-obama.jpg");
+    let blurred = image(
+        dir.path(),
+        "blurred.jpg",
+        &format!("filesrc location={obama} ! jpegdec ! videoconvert ! gaussianblur sigma=10 ! videoconvert ! jpegenc ! filesink location=OUT"),
+    );
+    let b = blurred.to_str().unwrap();
+    refused(&g, &[b], "blurred", b);
+}
+
+#[test]
+fn a_corrupt_image_is_refused() {
+    let (dir, g) = gallery_with_obama();
+    let corrupt = dir.path().join("corrupt.jpg");
+    let bytes = std::fs::read(photo("facerec-obama.jpg")).unwrap();
+    std::fs::write(&corrupt, &bytes[..600]).unwrap();
+    let c = corrupt.to_str().unwrap();
+    refused(&g, &[c], "corrupt.jpg", c);
+}
+
+/// A name that exists: its faces are added by default, refused with `--new`.
+#[test]
+fn a_duplicate_name_is_appended_or_refused_with_new() {
+    let (_dir, g) = gallery_with_obama();
+    let obama3 = photo("facerec-obama3.jpg");
+    let e = error_line(&faces(&g, &["enroll", "--name", "obama", "--new", &obama3]));
+    assert!(e.contains("obama") && e.contains("faces.db"), "{e}");
+    assert_eq!(listed(&g), vec![("obama".into(), 1)]);
+    ok(&faces(&g, &["enroll", "--name", "obama", &obama3]));
+    assert_eq!(listed(&g), vec![("obama".into(), 2)]);
+}
+
+#[test]
+fn a_file_that_is_not_a_gallery_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let text = d.join("notes.db");
+    let text = dir.path().join("notes.db");
     std::fs::write(&text, "this is not a database\n".repeat(100)).unwrap();
     let e = error_line(&faces(&text, &["list"]));
     assert!(
         e.contains("notes.db") && e.contains("not an edgesight face gallery"),
         "{e}"
     );
-    // Newer schema, and another embedder.
-    let g = d.join("faces.db");
-    ok(&faces(
-        &g,
-        &["enroll", "--name", "obama", &photo("facerec-obama.jpg")],
-    ));
-    let newer = d.join("newer.db");
+    assert!(std::fs::read_to_string(&text)
+        .unwrap()
+        .starts_with("this is not"));
+}
+
+#[test]
+fn a_gallery_from_a_newer_edgesight_is_refused() {
+    let (dir, g) = gallery_with_obama();
+    let newer = dir.path().join("newer.db");
     std::fs::copy(&g, &newer).unwrap();
     let c = rusqlite::Connection::open(&newer).unwrap();
     c.pragma_update(None, "user_version", 99).unwrap();
     drop(c);
     let e = error_line(&faces(&newer, &["list"]));
     assert!(e.contains("newer.db") && e.contains("newer"), "{e}");
-    let other = d.join("other.db");
+}
+
+#[test]
+fn a_gallery_from_another_embedder_is_refused() {
+    let (dir, g) = gallery_with_obama();
+    let other = dir.path().join("other.db");
     std::fs::copy(&g, &other).unwrap();
     let c = rusqlite::Connection::open(&other).unwrap();
     let n = c

@@ -242,3 +242,52 @@ fn faces_with_a_model_without_landmarks_is_refused() {
         "{e}"
     );
 }
+
+/// With a broker, the `identified` event goes to MQTT `edgesight/<stream>/tracks` too.
+#[test]
+fn identified_events_reach_mqtt() {
+    use common::mqtt::{Broker, Subscriber};
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port);
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("faces.db");
+    ok(&edgesight(&[
+        "faces",
+        "--gallery",
+        g.to_str().unwrap(),
+        "enroll",
+        "--name",
+        "obama",
+        &photo("calibration/faces/facerec-obama3.jpg"),
+    ]));
+    let file = dir.path().join("door.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[output]\ndir = \"{}\"\nvideo = false\n\n[metrics]\naddr = \"127.0.0.1:0\"\n\n\
+             [mqtt]\nhost = \"127.0.0.1\"\nport = {}\nclient_id = \"edgesight-faces-test\"\n\n\
+             [model]\nname = \"blazeface\"\n\n[faces]\ngallery = \"{}\"\n\n\
+             [[streams]]\nname = \"door\"\nuri = \"gst://filesrc location={} ! jpegdec ! imagefreeze ! video/x-raw,framerate=10/1 ! identity sync=true\"\n",
+            dir.path().display(),
+            broker.port,
+            g.display(),
+            photo("calibration/heldout/faces/facerec-obama2.jpg"),
+        ),
+    )
+    .unwrap();
+    let mut svc = std::process::Command::new(env!("CARGO_BIN_EXE_edgesight"))
+        .args(["run", "--pipeline", file.to_str().unwrap()])
+        .current_dir(common::root())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let found = common::mqtt::wait_until(Duration::from_secs(30), || {
+        sub.payloads("edgesight/door/tracks")
+            .iter()
+            .any(|p| p.contains("\"identified\"") && p.contains("\"obama\""))
+    });
+    let _ = svc.kill();
+    let _ = svc.wait();
+    assert!(found, "{:?}", sub.payloads("edgesight/door/tracks"));
+}

@@ -229,6 +229,18 @@ fn frames_of(path: &Path, each: &mut dyn FnMut(Frame) -> Result<()>) -> Result<(
     }
 }
 
+/// Every face of a photo (of a video's first frame).
+fn faces_of_photo(models: &mut FaceModels, path: &Path) -> Result<Vec<Face>> {
+    let mut faces = None;
+    frames_of(path, &mut |f| {
+        if faces.is_none() {
+            faces = Some(models.faces(&f)?);
+        }
+        Ok(())
+    })?;
+    Ok(faces.unwrap_or_default())
+}
+
 /// The one face of a photo, by the enrollment rules.
 fn photo_face(
     models: &mut FaceModels,
@@ -237,13 +249,7 @@ fn photo_face(
     force: bool,
     gates: &QualityGates,
 ) -> Result<Face> {
-    let mut faces = Vec::new();
-    frames_of(path, &mut |f| {
-        if faces.is_empty() {
-            faces = models.faces(&f)?;
-        }
-        Ok(())
-    })?;
+    let faces = faces_of_photo(models, path)?;
     let n = faces.len();
     if n == 0 {
         bail!("{}: no face found", path.display());
@@ -337,13 +343,7 @@ fn identify(a: &FacesArgs, images: &[PathBuf], json: bool) -> Result<ExitCode> {
     let mut models = load_models(a)?;
     let matcher = open_gallery(a, &models)?.matcher()?;
     for path in expand(images)? {
-        let mut faces = Vec::new();
-        frames_of(&path, &mut |f| {
-            if faces.is_empty() {
-                faces = models.faces(&f)?;
-            }
-            Ok(())
-        })?;
+        let faces = faces_of_photo(&mut models, &path)?;
         if faces.is_empty() {
             eprintln!("{}: no face found", path.display());
         }

@@ -149,6 +149,20 @@ pub struct Face {
     pub embedding: Vec<f32>,
 }
 
+impl Face {
+    /// A detected face and its aligned crop, judged, not yet embedded.
+    fn new(d: &Detection, landmarks: Landmarks, chip: Vec<u8>) -> Self {
+        let b = d.bbox;
+        Self {
+            quality: quality::assess((b.x2 - b.x1).min(b.y2 - b.y1), &landmarks, &chip),
+            detection: d.clone(),
+            landmarks,
+            chip,
+            embedding: Vec::new(),
+        }
+    }
+}
+
 /// A face detector with landmarks (BlazeFace), on whole frames or on regions of them.
 pub struct FaceDetector {
     detector: Box<dyn Detector>,
@@ -243,25 +257,13 @@ impl FaceEmbedder {
     /// Aligns and judges `dets` (faces of `frame` with landmarks), without embedding them;
     /// faces without usable landmarks are left out.
     pub fn align(frame: &Frame, dets: &[Detection]) -> Vec<Face> {
-        let mut faces = Vec::new();
-        for d in dets {
-            let Some(landmarks) = Landmarks::from_keypoints(&d.keypoints) else {
-                continue;
-            };
-            let Some(chip) = align::aligned_chip_of(frame, &landmarks) else {
-                continue;
-            };
-            let b = d.bbox;
-            let side = (b.x2 - b.x1).min(b.y2 - b.y1);
-            faces.push(Face {
-                quality: quality::assess(side, &landmarks, &chip),
-                detection: d.clone(),
-                landmarks,
-                chip,
-                embedding: Vec::new(),
-            });
-        }
-        faces
+        dets.iter()
+            .filter_map(|d| {
+                let landmarks = Landmarks::from_keypoints(&d.keypoints)?;
+                let chip = align::aligned_chip_of(frame, &landmarks)?;
+                Some(Face::new(d, landmarks, chip))
+            })
+            .collect()
     }
 
     /// [`Self::align`] on a packed RGB image of `height` rows of `width` pixels; `four` fits
@@ -272,28 +274,17 @@ impl FaceEmbedder {
         dets: &[Detection],
         four: bool,
     ) -> Vec<Face> {
-        let mut faces = Vec::new();
-        for d in dets {
-            let Some(mut landmarks) = Landmarks::from_keypoints(&d.keypoints) else {
-                continue;
-            };
-            if four {
-                landmarks = landmarks.to_four();
-            }
-            let size = (width, height, width as usize * 3);
-            let Some(chip) = align::aligned_chip(rgb, size, &landmarks) else {
-                continue;
-            };
-            let b = d.bbox;
-            faces.push(Face {
-                quality: quality::assess((b.x2 - b.x1).min(b.y2 - b.y1), &landmarks, &chip),
-                detection: d.clone(),
-                landmarks,
-                chip,
-                embedding: Vec::new(),
-            });
-        }
-        faces
+        let size = (width, height, width as usize * 3);
+        dets.iter()
+            .filter_map(|d| {
+                let mut landmarks = Landmarks::from_keypoints(&d.keypoints)?;
+                if four {
+                    landmarks = landmarks.to_four();
+                }
+                let chip = align::aligned_chip(rgb, size, &landmarks)?;
+                Some(Face::new(d, landmarks, chip))
+            })
+            .collect()
     }
 
     /// Embeds `faces` in one batch.

@@ -24,38 +24,52 @@ pub struct Roc {
     pub eer: (f64, f32),
 }
 
+/// The scores `score(i, j)` of every pair of items, split into same-identity and
+/// different-identity pairs.
+pub fn pairs<T>(ids: &[String], score: impl Fn(usize, usize) -> T) -> (Vec<T>, Vec<T>) {
+    let (mut same, mut different) = (Vec::new(), Vec::new());
+    for i in 0..ids.len() {
+        for j in i + 1..ids.len() {
+            let s = score(i, j);
+            if ids[i] == ids[j] {
+                same.push(s);
+            } else {
+                different.push(s);
+            }
+        }
+    }
+    (same, different)
+}
+
+/// Probability that a same pair scores above a different pair (ties count half).
+pub fn auc<T: PartialOrd>(same: &[T], different: &[T]) -> f64 {
+    let mut wins = 0.0;
+    for s in same {
+        for d in different {
+            wins += if s > d {
+                1.0
+            } else if s == d {
+                0.5
+            } else {
+                0.0
+            };
+        }
+    }
+    wins / (same.len() * different.len()).max(1) as f64
+}
+
 impl Roc {
     /// None without at least one pair of each kind.
     pub fn of(embeddings: &[Vec<f32>], ids: &[String]) -> Option<Self> {
-        let (mut same, mut different) = (Vec::new(), Vec::new());
-        for i in 0..embeddings.len() {
-            for j in i + 1..embeddings.len() {
-                let c = super::gallery::similarity(&embeddings[i], &embeddings[j]);
-                if ids[i] == ids[j] {
-                    same.push(c);
-                } else {
-                    different.push(c);
-                }
-            }
-        }
+        let (mut same, mut different) = pairs(ids, |i, j| {
+            super::gallery::similarity(&embeddings[i], &embeddings[j])
+        });
         if same.is_empty() || different.is_empty() {
             return None;
         }
         same.sort_by(f32::total_cmp);
         different.sort_by(f32::total_cmp);
-        let mut wins = 0.0;
-        for s in &same {
-            for d in &different {
-                wins += if s > d {
-                    1.0
-                } else if s == d {
-                    0.5
-                } else {
-                    0.0
-                };
-            }
-        }
-        let auc = wins / (same.len() * different.len()) as f64;
+        let auc = auc(&same, &different);
         let mut roc = Self {
             same,
             different,

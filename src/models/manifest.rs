@@ -117,11 +117,7 @@ pub fn models_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("EDGESIGHT_MODELS") {
         return PathBuf::from(dir);
     }
-    let local = PathBuf::from("models");
-    if local.join("ssd-mobilenet-v2.toml").is_file() {
-        return local;
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
+    crate::bundled("models")
 }
 
 impl Manifest {

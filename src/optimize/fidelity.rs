@@ -553,34 +553,9 @@ pub fn identity_of(path: &std::path::Path) -> Option<String> {
 
 /// Area under the ROC of cosine similarity for same- versus different-identity pairs.
 pub fn verification_auc(embeddings: &[Vec<f32>], ids: &[String]) -> Option<f64> {
-    let (mut same, mut diff) = (Vec::new(), Vec::new());
-    for i in 0..embeddings.len() {
-        for j in i + 1..embeddings.len() {
-            let c = cosine(&embeddings[i], &embeddings[j]);
-            if ids[i] == ids[j] {
-                same.push(c)
-            } else {
-                diff.push(c)
-            }
-        }
-    }
-    if same.is_empty() || diff.is_empty() {
-        return None;
-    }
-    // Probability that a same pair outscores a different pair (ties count half).
-    let mut wins = 0.0;
-    for s in &same {
-        for d in &diff {
-            wins += if s > d {
-                1.0
-            } else if s == d {
-                0.5
-            } else {
-                0.0
-            };
-        }
-    }
-    Some(wins / (same.len() * diff.len()) as f64)
+    use crate::faces::verify::{auc, pairs};
+    let (same, diff) = pairs(ids, |i, j| cosine(&embeddings[i], &embeddings[j]));
+    (!same.is_empty() && !diff.is_empty()).then(|| auc(&same, &diff))
 }
 
 #[cfg(test)]

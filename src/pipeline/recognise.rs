@@ -104,10 +104,10 @@ impl Recognition {
         });
         let mut named = Vec::new();
         if !faces.is_empty() {
-            let mut only: Vec<Face> = faces.iter().map(|(_, f)| f.clone()).collect();
+            let (ids, mut only): (Vec<u64>, Vec<Face>) = faces.into_iter().unzip();
             match self.embedder.embed_faces(&mut only) {
                 Ok(()) => {
-                    for ((id, _), f) in faces.iter().zip(&only) {
+                    for (id, f) in ids.iter().zip(&only) {
                         let who = self.matcher.identify(
                             &f.embedding,
                             self.settings.threshold,
