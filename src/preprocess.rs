@@ -6,9 +6,9 @@
 //!
 //! Resizing is OpenCV's bilinear `INTER_LINEAR`, for both layouts, so calibration (RGB images)
 //! and video (I420) see the same resampling; it is also what Ultralytics' letterbox and
-//! TensorFlow's detection training used. `fast_image_resize` was measured here first: its 8-bit
-//! single-plane path took 0.4 ms for a 768x576 luma plane against OpenCV's 0.075 ms
-//! (`cargo bench --bench preprocess` compares the layouts end to end).
+//! TensorFlow's detection training used. `fast_image_resize` was measured here first and its
+//! 8-bit single-plane path was several times slower than OpenCV's (figures in
+//! docs/benchmarks.md; `cargo bench --bench preprocess` compares the layouts end to end).
 //!
 //! The model family says *what* it wants in a [`PreprocessSpec`] (size, letterbox or stretch,
 //! layout, element type, normalisation); this module does it, and returns the [`Transform`]

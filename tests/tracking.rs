@@ -448,3 +448,35 @@ fn bad_zones_and_lines_name_the_stream_and_the_shape() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// People who came into view of `vtest.avi`, counted by eye: the 3 people in the first frame
+/// and the 18 entries into the frame after it (19 to 23, depending on two tiny far figures and
+/// two look-alikes; see `docs/benchmarks.md`).
+const HAND_VISITS: u64 = 21;
+
+/// With CenterNet, the number of person tracks over the whole clip is close to the number of
+/// visits a person counts by eye: most walkers keep one ID from entry to exit. (With SSD, the
+/// default, IDs fragment about four times as much; `docs/benchmarks.md` says why.)
+#[test]
+fn centernet_person_tracks_are_close_to_the_visits_counted_by_eye() {
+    let out = tempfile::tempdir().unwrap();
+    let r = edgesight(&[
+        "run",
+        asset("assets/vtest.avi").to_str().unwrap(),
+        "--model",
+        "centernet",
+        "--no-video",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("summary.json")).unwrap())
+            .unwrap();
+    let tracks = s["tracks_by_label"]["person"].as_u64().unwrap();
+    println!("{tracks} person tracks, {HAND_VISITS} visits counted by eye");
+    assert!(
+        (HAND_VISITS * 3 / 4..=HAND_VISITS * 2).contains(&tracks),
+        "{tracks} person tracks for {HAND_VISITS} visits"
+    );
+}

@@ -2,9 +2,8 @@
 //!
 //! MLAS runs a symmetric int8 depthwise convolution (weights zero-point 0, as ours are) with
 //! its ConvSym kernels only when the channel count is a multiple of 16; any other count falls
-//! back to a generic kernel about twice as slow. Measured on one layer (ORT kernel time,
-//! AVX-512 VNNI): 72 channels at 128x128, 3x3, 0.61 ms against 0.35 ms for 80; 18 channels,
-//! 5x5, 1.05 ms against 0.52 ms for 32. MobileNetV3 and CenterNet's head have such layers.
+//! back to a generic kernel about twice as slow (docs/optimize-findings.md, "Figures behind the code"). MobileNetV3 and CenterNet's head
+//! have such layers.
 //!
 //! For a chain `Conv P → [Relu|Clip]* → depthwise D → [Relu|Clip]* → Conv Q` whose tensors
 //! nothing else reads, P gains output channels with zero weights and bias, D the same channels

@@ -2,8 +2,8 @@
 //!
 //! TensorFlow exports MobileNetV3's hard-swish as four element-wise nodes,
 //! `(x * 1/6) * Clip(x + 3, 0, 6)`, and ONNX Runtime's CPU provider fuses none of them: each is a
-//! pass over the whole tensor. ONNX's `HardSwish` (opset 14) is the same function in one pass.
-//! On CenterNet's FP32 graph, 20 such blocks made 36 ms 30 ms (run for run). In an INT8 graph
+//! pass over the whole tensor. ONNX's `HardSwish` (opset 14) is the same function in one pass,
+//! and CenterNet's FP32 graph (20 such blocks) runs faster for it (docs/optimize-findings.md, "Figures behind the code"). In an INT8 graph
 //! the hard-swishes run as QLinearAdd and QLinearMul already; this rewrite is for those left in
 //! float (an FP32 artifact, layers kept in float).
 //!

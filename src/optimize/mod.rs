@@ -484,8 +484,8 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
             // The fit comes after the search, to the layers the search left in int8: each
             // layer's fit takes back error that the layers before it bring in, and a layer
             // the search then put back in float stops bringing it, leaving the fits to
-            // overcorrect. Searched on fitted weights, CenterNet read 0.77 at 1.49×, below the
-            // search alone (0.85 at 1.91×).
+            // overcorrect: searched on fitted weights, CenterNet came out less accurate and
+            // slower than the search alone (docs/optimize-findings.md).
             if spec.reconstruct {
                 let inputs = decoded.as_deref().unwrap_or_default();
                 let inputs = &inputs[..inputs.len().min(RECONSTRUCT_IMAGES)];

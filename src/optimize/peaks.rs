@@ -7,8 +7,8 @@
 //! pools the logits' own integers and compares integers (both tensors sit on one grid), in the
 //! layout the integer convolution wrote them. Left as exported, the CPU runtime dequantizes the
 //! 80x128x128 heatmap, takes the sigmoid, transposes it twice and reorders it for a float
-//! MaxPool: on CenterNet that costs 2 ms of 21 ms of kernels, and the rewritten graph gives
-//! the same detections bit for bit.
+//! MaxPool: a tenth of CenterNet's kernel time (docs/optimize-findings.md, "Figures behind the code"), and the rewritten graph gives the
+//! same detections bit for bit.
 //!
 //! The one difference from the float graph: where two logits both exceed ~17, float32 rounds
 //! both sigmoids to 1.0 and the exported graph keeps both as peaks; the rewrite keeps the

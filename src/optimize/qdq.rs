@@ -153,9 +153,8 @@ pub enum ActivationType {
 /// How far int8 weights reach. ONNX Runtime's x86 int8 kernels without VNNI (AVX2, and AVX-512
 /// without VNNI) multiply uint8 activations by int8 weights with `vpmaddubsw`, which adds each
 /// pair of products into an int16 and saturates: 2 × 255 × 127 does not fit, 2 × 255 × 64
-/// does. On such a CPU a full-range model silently computes something else (ONNX Runtime 1.32
-/// on an AVX2 EPYC: a 1×1 convolution's output off its own Q/DQ arithmetic by up to 38 steps of
-/// its grid, and a small Gemm network's cosine with FP32 0.78). Depthwise convolutions run on a
+/// does. On such a CPU a full-range model silently computes something else, far off its own
+/// Q/DQ arithmetic (docs/optimize-findings.md, "Figures behind the code"). Depthwise convolutions run on a
 /// kernel that widens to 16 bits first, so they keep the full range either way. VNNI, ARM and
 /// TensorRT kernels accumulate in 32 bits and take the full range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -261,7 +260,7 @@ fn quantizable(op: &str) -> bool {
 
 /// The Sigmoid and Mul nodes of SiLU, `x * sigmoid(x)` (YOLOv8's activation). In int8 they
 /// become QLinearSigmoid and QLinearMul, and the dequantize-requantize passes around every
-/// convolution disappear: measured on YOLOv8s, 94 ms of kernels fell to 76 ms. Other Muls
+/// convolution disappear, a fifth of YOLOv8s's kernel time (docs/optimize-findings.md, "Figures behind the code"). Other Muls
 /// (PReLU slopes, hard-swish, squeeze-excite gates) lost accuracy in int8 and gained nothing,
 /// so only this pattern is quantized.
 fn silu_nodes(g: &pb::GraphProto) -> HashSet<usize> {

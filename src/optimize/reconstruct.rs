@@ -138,9 +138,9 @@ pub fn gptq(g: &Gram, w: &[f64], rows: usize, damp: f64, qmax: f64) -> Option<Fi
     let w0 = Array2::from_shape_vec((rows, d), w.to_vec()).ok()?;
     // The least-squares optimum on the quantized inputs, `W·C·H̃⁻¹`, written as the float
     // weights plus a correction, `W + W·(C − H̃)·H̃⁻¹`, so that damping shrinks only the
-    // correction: an image's neighbouring pixels make `H̃` so ill-conditioned (10⁷ for
-    // CenterNet's stem) that damping the whole product moved weights by 40% where the inputs
-    // had not moved at all.
+    // correction: an image's neighbouring pixels make `H̃` so ill-conditioned (CenterNet's
+    // stem) that damping the whole product moved weights a long way where the inputs had not
+    // moved at all (docs/optimize-findings.md).
     let target = &w0 + &w0.dot(&(&g.c - &g.hq)).dot(&damped(TARGET_DAMP)?);
     // GPTQ walks the upper Cholesky factor of the damped H̃⁻¹.
     let u = cholesky_lower(&damped(damp)?)?.reversed_axes();
@@ -485,17 +485,16 @@ pub fn summary(fits: &[LayerFit], quantized: &[String]) -> Option<String> {
 /// Patch rows per Gram update: bounds the memory of the largest layers.
 const CHUNK: usize = 2048;
 /// The least-squares correction's damping, as a share of the mean diagonal of `H̃`: on
-/// CenterNet's layers it keeps 95% of the undamped correction's gain with weights that move
-/// by 3-6% instead of 5-20%.
+/// CenterNet's layers it keeps nearly all of the undamped correction's gain with weights that
+/// move far less (docs/optimize-findings.md).
 const TARGET_DAMP: f64 = 1e-2;
 /// GPTQ's damping, as a share of the mean diagonal of `H̃` (the paper's 1%).
 const DAMP: f64 = 0.01;
 /// Fewer patches than this per weight of an output channel, and a fit follows the few images
-/// it saw: BlazeFace's one 1×1 layer at 8×8 (97 weights, 256 patches on four images) passed the check
-/// half's squared error, yet one face's best anchor came out with a logit of −17 instead of
-/// +1.7. Left rounded there, agreement read 0.987 instead of 0.982. CenterNet has 18 such
-/// layers (wide ones on small maps): 69 fits are kept instead of 76, and it reads 0.705
-/// instead of 0.72, within what redrawing its frames moves, in 4 minutes instead of 5.
+/// it saw: BlazeFace's one 1×1 layer on an 8×8 map passed the check half's squared error, yet
+/// turned one face's best anchor from a detection into a miss. Such layers (wide ones on small
+/// maps) are left rounded; what that does to BlazeFace and CenterNet is in
+/// docs/optimize-findings.md.
 const MIN_PATCHES_PER_WEIGHT: f64 = 4.0;
 
 /// Presets for every quantized convolution that a fit improves, layer by layer in graph

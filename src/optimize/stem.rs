@@ -3,9 +3,8 @@
 //!
 //! MLAS runs a dense int8 convolution with its symmetric ConvSym kernels only when the input
 //! channel count is a multiple of 4. A network's first convolution reads 3 (RGB), falls back to
-//! im2col and a generic GEMM, and is then the slowest layer of an INT8 graph: on CenterNet
-//! (3 → 16 channels, 3x3, stride 2, 512x512) 1.26 ms of kernel time, slower than the same layer
-//! in float.
+//! im2col and a generic GEMM, and is then the slowest layer of an INT8 graph, slower than the
+//! same layer in float (CenterNet's stem: 3 → 16 channels, 3x3, stride 2, 512x512).
 //!
 //! In NHWC memory, 4 neighbouring pixels of 3 channels are 12 contiguous values: reshaped to
 //! `[N, H, W/4, 12]`, the image is a 12-channel tensor, and the convolution becomes one over
@@ -13,7 +12,8 @@
 //! convolution writes 2 × 16 channels, which the inverse reshape lays out as the original
 //! `[N, Ho, Wo, 16]`. Each grouped weight holds the original tap that lands on it, zero
 //! elsewhere; padding columns fall on padded groups. The integers are the same: on CenterNet
-//! the rewritten graph's outputs are equal bit for bit, and the layer takes 0.42 ms.
+//! the rewritten graph's outputs are equal bit for bit, and the layer takes about a third of
+//! the time (docs/optimize-findings.md, "Figures behind the code").
 //!
 //! The rewrite works on a quantized graph (the `Conv` reads `DequantizeLinear`s of int8 weights
 //! with zero points 0 and of its input's `QuantizeLinear`, and one `QuantizeLinear` reads its

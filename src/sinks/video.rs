@@ -176,9 +176,9 @@ impl AnnotatedVideo {
         let enc = make("x264enc")?;
         enc.set_property_from_str("speed-preset", "ultrafast");
         enc.set_property_from_str("tune", "zerolatency");
-        // Constant quantizer, no rate control: half the CPU of x264's default 2 Mbit/s target
-        // on vtest.avi (0.95 against 2 ms a frame) in a third of the file, and QP 23 keeps
-        // boxes, labels and faces sharp.
+        // Constant quantizer, no rate control: about half the CPU of x264's default 2 Mbit/s
+        // target in a smaller file (docs/benchmarks.md), and QP 23 keeps boxes, labels and
+        // faces sharp.
         enc.set_property_from_str("pass", "quant");
         enc.set_property("quantizer", 23u32);
         // One thread: the encoder must not compete with inference for the cores.
