@@ -125,6 +125,29 @@ impl Recogniser {
                 || t - v.last_at >= self.settings.recheck_s)
     }
 
+    /// Whether a face of track `id` with box side `side` and frontality `frontal` could be
+    /// wanted at `t` whatever its sharpness: aligning it (a warp and a Laplacian) is worth
+    /// doing only then. A face ruled out here counts as offered, as [`Self::wants`] would.
+    pub fn may_want(&mut self, id: u64, t: f64, side: f32, frontal: f32) -> bool {
+        let sharpest = Quality {
+            side,
+            sharpness: f64::INFINITY,
+            frontal,
+        };
+        let gates = self.settings.gates();
+        let possible = side >= gates.min_side
+            && frontal >= gates.min_frontal
+            && self.tracks.get(&id).is_none_or(|v| {
+                v.attempts < self.settings.max_attempts
+                    && (sharpest.weight() > v.best_weight * self.settings.better_by
+                        || t - v.last_at >= self.settings.recheck_s)
+            });
+        if !possible {
+            self.offered += 1;
+        }
+        possible
+    }
+
     /// Counts one attempt's vote; returns the event when the track's name changes.
     pub fn vote(&mut self, id: u64, t: f64, q: &Quality, who: &Identity) -> Option<Identified> {
         self.embedded += 1;
@@ -247,6 +270,33 @@ mod tests {
             ev.name, "ann",
             "one vote names the track: the unknown votes went"
         );
+    }
+
+    /// The cheap check never rules out a face that `wants` would take.
+    #[test]
+    fn may_want_agrees_with_wants_on_what_it_rules_out() {
+        let mut r = Recogniser::new(FacesSettings::default());
+        r.vote(1, 0.0, &q(60.0), &who(Some("ann"), 0.6));
+        for (t, side) in [
+            (0.5, 60.0),
+            (0.5, 100.0),
+            (3.5, 60.0),
+            (0.5, 20.0),
+            (0.1, 112.0),
+        ] {
+            let face = q(side);
+            let cheap = r.may_want(1, t, side, face.frontal);
+            let full = r.wants(1, t, &face);
+            assert!(
+                cheap || !full,
+                "t {t}, side {side}: ruled out a wanted face"
+            );
+        }
+        assert!(
+            !r.may_want(1, 0.5, 60.0, 1.0),
+            "the same face a moment later"
+        );
+        assert!(r.may_want(2, 0.0, 60.0, 1.0), "a new track");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::detection::Detection;
 use crate::engine::EngineConfig;
+use crate::faces::align::Landmarks;
 use crate::faces::gallery::{Gallery, Matcher};
 use crate::faces::recognise::{Identified, Recogniser};
 use crate::faces::{Face, FaceDetector, FaceEmbedder, FacesSettings};
@@ -90,7 +91,7 @@ impl Recognition {
         self.poll_gallery();
         let faces = match &mut self.detector {
             Some(d) => faces_in_persons(d, &mut self.recogniser, t, frame, dets),
-            None => Ok(faces_of_tracks(frame, dets)),
+            None => Ok(faces_of_tracks(&mut self.recogniser, t, frame, dets)),
         };
         let mut faces = faces.unwrap_or_else(|e| {
             tracing::warn!(stream = %self.stream, error = %e, "face detection failed");
@@ -164,11 +165,24 @@ impl Recognition {
     }
 }
 
-/// The tracked faces of a face detector's frame, aligned (not yet embedded).
-fn faces_of_tracks(frame: &Frame, dets: &[Detection]) -> Vec<(u64, Face)> {
+/// The tracked faces of a face detector's frame that the recogniser may want, aligned (not yet
+/// embedded). Most frames of a track want nothing, so size and frontality, which need no
+/// pixels, rule faces out before any crop is made.
+fn faces_of_tracks(
+    recogniser: &mut Recogniser,
+    t: f64,
+    frame: &Frame,
+    dets: &[Detection],
+) -> Vec<(u64, Face)> {
     let tracked: Vec<Detection> = dets
         .iter()
-        .filter(|d| d.track_id.is_some() && !d.keypoints.is_empty())
+        .filter(|d| {
+            let (Some(id), Some(l)) = (d.track_id, Landmarks::from_keypoints(&d.keypoints)) else {
+                return false;
+            };
+            let side = (d.bbox.x2 - d.bbox.x1).min(d.bbox.y2 - d.bbox.y1);
+            recogniser.may_want(id, t, side, crate::faces::quality::frontal(&l))
+        })
         .cloned()
         .collect();
     FaceEmbedder::align(frame, &tracked)
