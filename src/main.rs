@@ -837,7 +837,8 @@ fn optimize(a: &OptimizeArgs) -> Result<ExitCode> {
     use edgesight::optimize::{
         self,
         calibrator::Method,
-        qdq::{Exclusions, WeightRange},
+        qdq::Exclusions,
+        weights::WeightRange,
         Precision, Target,
     };
     if let Some(OptimizeSub::Inspect { model_file, json }) = &a.sub {

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 
+pub mod graph;
+
 #[allow(clippy::all, missing_docs)]
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/onnx.rs"));

@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::qdq::WeightRange;
-use super::{Figures, LayerSensitivity, OptimizeError, Precision, Target};
+use super::weights::WeightRange;
+use super::figures::{Figures, LayerSensitivity};
+use super::spec::{OptimizeError, Precision, Target};
 use crate::engine::{Engine, EngineConfig, Provider, TensorRtOptions};
 use crate::models::Manifest;
 
@@ -142,7 +143,7 @@ impl Artifact {
         self.precision == Precision::Int8
             && self.target == Target::Cpu
             && self.weight_range.unwrap_or_default() == WeightRange::Full
-            && super::qdq::cpu_int8_saturates()
+            && super::weights::cpu_int8_saturates()
     }
 
     /// The engine settings the artifact was built for.

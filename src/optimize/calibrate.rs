@@ -2,7 +2,7 @@
 //! collecting the statistics of every activation that feeds a quantizable op.
 //!
 //! The statistics (histograms, not ranges) are cached by model hash, image-set hash and
-//! preprocessing, so trying another calibrator costs no new run.
+//! preprocessing, so trying another calibrator costs no new run ([`calibrated`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +11,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::calibrator::TensorStats;
-use super::{qdq, OptimizeError};
+use super::qdq;
+use super::spec::{OptimizeError, ProgressFn};
 use crate::engine::{Engine, EngineConfig};
 use crate::frame::Frame;
 use crate::ingest::{resolve_input, Decoder, Next};
@@ -252,7 +253,7 @@ pub fn collect(
     let channel_axes: HashMap<String, usize> = qdq::bias_correction_inputs(model);
     let mut extra = names.clone();
     extra.extend(channel_axes.keys().filter(|t| !names.contains(t)).cloned());
-    let augmented = qdq::with_extra_outputs(model, &extra);
+    let augmented = crate::onnx::graph::with_extra_outputs(model, &extra);
     let path = scratch.join("calibration-augmented.onnx");
     augmented.save(&path)?;
     let mut eng = Engine::load(&path, engine)?;
@@ -342,4 +343,59 @@ pub fn store_cached(key: &str, stats: &Statistics) {
     if !ok {
         tracing::warn!(dir = %dir.display(), "could not cache calibration statistics");
     }
+}
+
+/// Calibration statistics for one model and image set, from the cache or from a run.
+pub struct Calibrated {
+    pub stats: Statistics,
+    /// Images that did not decode.
+    pub skipped: usize,
+    pub cached: bool,
+    /// The decoded images, when this run decoded them (the search and the fit reuse them).
+    pub decoded: Option<Vec<Tensor>>,
+}
+
+/// The statistics of `model` (the source, `model_key` its hash and any weight edits) over
+/// `set`, looked up in the cache first and stored there after a run.
+pub fn calibrated(
+    model: &Model,
+    model_key: &str,
+    set: &ImageSet,
+    pre: &PreprocessSpec,
+    engine: &EngineConfig,
+    scratch: &Path,
+    progress: ProgressFn,
+) -> Result<Calibrated, OptimizeError> {
+    let key = cache_key(
+        model_key,
+        &set.sha256,
+        pre,
+        &qdq::calibration_tensors(model),
+    );
+    if let Some(s) = load_cached(&key) {
+        for image in &s.skipped {
+            tracing::warn!(%image, "skipped: did not decode when this set was calibrated");
+        }
+        let skipped = s.skipped.len();
+        return Ok(Calibrated {
+            stats: s,
+            skipped,
+            cached: true,
+            decoded: None,
+        });
+    }
+    let (inputs, bad) = tensors(set, pre, &|d, t| {
+        progress("decoding calibration images", d, t)
+    })?;
+    let mut s = collect(model, &inputs, engine, scratch, &|d, t| {
+        progress("calibrating", d, t)
+    })?;
+    s.skipped.clone_from(&bad);
+    store_cached(&key, &s);
+    Ok(Calibrated {
+        stats: s,
+        skipped: bad.len(),
+        cached: false,
+        decoded: Some(inputs),
+    })
 }

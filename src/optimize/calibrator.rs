@@ -20,12 +20,14 @@
 //!
 //! The range is then turned into runtime parameters: [`Range::asymmetric_u8`]
 //! for ONNX Runtime's CPU uint8 activations, [`Range::symmetric_i8`] for
-//! TensorRT's int8 activations, and [`per_channel_scales`] for weights.
+//! TensorRT's int8 activations, and [`crate::optimize::weights::per_channel_scales`] for weights.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+use super::weights::symmetric_scale;
 
 /// Histogram resolution; 2048 is what TensorRT and ONNX Runtime use, and
 /// what the 128..=2048 entropy search below assumes.
@@ -571,50 +573,16 @@ impl Range {
     }
 
     /// int8 symmetric scale (zero point 0), as TensorRT's activations use:
-    /// `abs_max / 127` ([`symmetric_scale`]).
+    /// `abs_max / 127` ([`symmetric_scale`], shared with the weights).
     pub fn symmetric_i8(&self) -> f32 {
         symmetric_scale(self.abs_max(), 127.0)
-    }
-}
-
-/// Symmetric per-channel int8 scales for a weight tensor laid out with
-/// `channels` rows along axis 0 (for Conv `[O, I, kH, kW]`): the slice is
-/// channel-major, each channel a contiguous chunk of `len / channels`. Each
-/// channel's largest weight lands on `qmax` (127, or 64 where the runtime's
-/// kernels would saturate: [`super::qdq::WeightRange`]).
-///
-/// Non-finite weights are ignored, as in [`TensorStats::observe`]. Should
-/// `len` not be a multiple of `channels` (a caller bug), channel `c` covers
-/// `[c * len / channels, (c + 1) * len / channels)` so every weight is still
-/// accounted for instead of panicking; `channels == 0` gives an empty vector.
-pub fn per_channel_scales(weights: &[f32], channels: usize, qmax: f32) -> Vec<f32> {
-    let n = weights.len() as u128;
-    let bound = |c: usize| (c as u128 * n / channels as u128) as usize;
-    (0..channels)
-        .map(|c| {
-            let abs_max = weights[bound(c)..bound(c + 1)]
-                .iter()
-                .filter(|w| w.is_finite())
-                .fold(0.0f32, |m, w| m.max(w.abs()));
-            symmetric_scale(abs_max, qmax)
-        })
-        .collect()
-}
-
-/// The scale that puts `abs_max` on `qmax`, or 1.0 when that would be 0 or not finite (an
-/// all-zero tensor), so that a scale is always safe to divide by.
-fn symmetric_scale(abs_max: f32, qmax: f32) -> f32 {
-    let scale = abs_max / qmax;
-    if scale.is_finite() && scale > 0.0 {
-        scale
-    } else {
-        1.0
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::optimize::weights::per_channel_scales;
 
     /// SplitMix64: deterministic, dependency-free, good enough for sampling.
     struct Rng(u64);

@@ -11,7 +11,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::OptimizeError;
+use super::figures::LayerSensitivity;
+use super::spec::OptimizeError;
 use crate::detection::Detection;
 use crate::engine::{Engine, EngineError};
 use crate::models::{build_detector, Family, Manifest};
@@ -80,13 +81,13 @@ pub fn layer_errors(
     inputs: &[Tensor],
     engine: &crate::engine::EngineConfig,
     scratch: &std::path::Path,
-) -> Result<Vec<super::LayerSensitivity>, super::OptimizeError> {
+) -> Result<Vec<LayerSensitivity>, OptimizeError> {
     let names: Vec<String> = tensors.iter().map(|(_, t)| t.clone()).collect();
     let collect = |m: &crate::onnx::Model,
                    tag: &str|
-     -> Result<BTreeMap<String, Vec<Vec<f32>>>, super::OptimizeError> {
+     -> Result<BTreeMap<String, Vec<Vec<f32>>>, OptimizeError> {
         let path = scratch.join(format!("layers-{tag}.onnx"));
-        super::qdq::with_extra_outputs(m, &names).save(&path)?;
+        crate::onnx::graph::with_extra_outputs(m, &names).save(&path)?;
         let mut e = Engine::load(&path, engine)?;
         let mut out: BTreeMap<String, Vec<Vec<f32>>> = BTreeMap::new();
         for t in inputs {
@@ -106,7 +107,7 @@ pub fn layer_errors(
         .filter_map(|(layer, t)| {
             let (x, y) = (a.get(t)?, b.get(t)?);
             let c: Vec<f64> = x.iter().zip(y).map(|(p, q)| cosine(p, q)).collect();
-            Some(super::LayerSensitivity {
+            Some(LayerSensitivity {
                 layer: layer.clone(),
                 fidelity: c.iter().sum::<f64>() / c.len().max(1) as f64,
                 kept_in_float: false,

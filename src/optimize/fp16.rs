@@ -180,7 +180,7 @@ pub fn convert(model: &Model, opts: &Fp16Options) -> Result<(Model, Fp16Report),
         }
         let keep = keep_rule(n, &float_source, opts);
         if let Some((fin, fout)) = keep {
-            report.kept_fp32_nodes.push(super::qdq::node_label(n));
+            report.kept_fp32_nodes.push(crate::onnx::graph::node_label(n));
             for &i in fin {
                 let Some(inp) = node.input.get(i).cloned() else {
                     continue;
@@ -188,7 +188,7 @@ pub fn convert(model: &Model, opts: &Fp16Options) -> Result<(Model, Fp16Report),
                 if inp.is_empty() || init_names.contains(inp.as_str()) {
                     continue;
                 }
-                let f = format!("{inp}__f32_for_{}", super::qdq::node_label(n));
+                let f = format!("{inp}__f32_for_{}", crate::onnx::graph::node_label(n));
                 nodes.push(cast(&format!("{f}__cast"), &inp, &f, DataType::Float));
                 node.input[i] = f;
             }

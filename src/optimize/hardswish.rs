@@ -33,7 +33,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::qdq::{clip_bounds, scalar_constant};
+use super::qdq::graph::{clip_bounds, scalar_constant};
 use crate::onnx::{self, pb, DataType, Model};
 
 /// Ops whose meaning changed at opset 14 beyond new types or attributes whose default keeps the

@@ -44,6 +44,7 @@
 use std::collections::HashMap;
 
 use crate::onnx::{self, pb, DataType, Model};
+use super::qdq::names::Pair;
 
 /// The graph with every heatmap peak test rewritten onto the logits, and the Equal nodes that
 /// were; `None` when it has none. A peak test whose MaxPool `skip` names (an excluded layer) is
@@ -370,7 +371,7 @@ pub fn scores_on_integers(
         };
         before.entry(s.mul).or_default().push(onnx::node(
             "DequantizeLinear",
-            &format!("{moved_dq}__DQ"),
+            &Pair(&moved_dq).dq_node(),
             &[&moved_q, &scale, &zp],
             &[&moved_dq],
             vec![],
@@ -399,11 +400,11 @@ pub fn scores_on_integers(
                 retyped.push(product.clone());
                 retyped.extend(chain.iter().map(|&c| old[c].output[0].clone()));
                 let values = old[*topk].output[0].clone();
-                let values_q = format!("{values}__q");
+                let values_q = Pair(&values).quantized();
                 nodes[*topk].output[0] = values_q.clone();
                 after.entry(*topk).or_default().push(onnx::node(
                     "DequantizeLinear",
-                    &format!("{values}__DQ"),
+                    &Pair(&values).dq_node(),
                     &[&values_q, &scale, &zp],
                     &[&values],
                     vec![],

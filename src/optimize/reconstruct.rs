@@ -39,24 +39,12 @@ use std::path::Path;
 
 use ndarray::{s, Array2, ArrayView3, ArrayViewD};
 
-use super::qdq;
-use super::OptimizeError;
+use super::weights::{is_depthwise, Preset, Presets, WeightRange};
+use crate::onnx::graph::{node_label, with_extra_outputs};
+use super::spec::OptimizeError;
 use crate::engine::{Engine, EngineConfig};
 use crate::onnx::{self, pb, Model};
 use crate::tensor::Tensor;
-
-/// Int8 weights, their per-channel scales and the float bias of one layer, by node label:
-/// what [`qdq::quantize`] writes instead of rounding to nearest.
-#[derive(Debug, Clone)]
-pub struct Preset {
-    /// In the weight's own layout.
-    pub q: Vec<i8>,
-    /// One per output channel.
-    pub scales: Vec<f32>,
-    pub bias: Vec<f32>,
-}
-
-pub type Presets = HashMap<String, Preset>;
 
 /// The Gram matrices of one group of a layer's input patches, each with a trailing 1.
 #[derive(Debug, Clone)]
@@ -120,7 +108,7 @@ pub struct Fit {
 /// Fits `rows` output channels whose float weights and bias are `w` (rows of `d`, the bias
 /// last) to the quantized inputs `g` saw. `damp` (a share of the mean diagonal) keeps `H̃`
 /// invertible where inputs are constant or copies of each other. Each channel's largest weight
-/// lands on `qmax`, as `quantize` would round it ([`qdq::WeightRange`]). `None` when even the
+/// lands on `qmax`, as `quantize` would round it ([`WeightRange`]). `None` when even the
 /// damped `H̃` is not positive definite.
 pub fn gptq(g: &Gram, w: &[f64], rows: usize, damp: f64, qmax: f64) -> Option<Fit> {
     let d = g.d;
@@ -498,8 +486,8 @@ const DAMP: f64 = 0.01;
 const MIN_PATCHES_PER_WEIGHT: f64 = 4.0;
 
 /// Presets for every quantized convolution that a fit improves, layer by layer in graph
-/// order. `float` is the graph [`qdq::quantize`] quantizes, after its own layout changes
-/// ([`qdq::layout_for`]), so that node names, weights and channel counts line up;
+/// order. `float` is the graph [`super::qdq::quantize`] quantizes, after its own layout changes
+/// ([`super::qdq::layout_for`]), so that node names, weights and channel counts line up;
 /// `quantize_with` gives the int8 model with the presets so far, its weights on `range`'s
 /// grid, which the fits keep to. Each layer is fitted to the
 /// inputs its already-fitted predecessors give it: fitted all at once on round-to-nearest
@@ -517,7 +505,7 @@ const MIN_PATCHES_PER_WEIGHT: f64 = 4.0;
 pub fn fit(
     float: &Model,
     quantize_with: &dyn Fn(&Presets) -> Result<Model, OptimizeError>,
-    range: qdq::WeightRange,
+    range: WeightRange,
     round_outputs: bool,
     inputs: &[Tensor],
     engine: &EngineConfig,
@@ -544,7 +532,7 @@ pub fn fit(
         }
         let load = |m: &Model, t: &str, tag: &str| -> Result<Engine, OptimizeError> {
             let path = scratch.join(format!("reconstruct-{tag}.onnx"));
-            qdq::with_extra_outputs(m, &[t.to_string()]).save(&path)?;
+            with_extra_outputs(m, &[t.to_string()]).save(&path)?;
             let e = Engine::load(&path, engine)?;
             let _ = std::fs::remove_file(&path);
             Ok(e)
@@ -628,7 +616,7 @@ fn layer_of(
     };
     Some(Layer {
         node: n.clone(),
-        label: qdq::node_label(n),
+        label: node_label(n),
         float_input: n.input[0].clone(),
         quant_input: qn.input[0].clone(),
         weight_dims: w.dims.clone(),
@@ -693,13 +681,13 @@ fn enough_patches(l: &Layer, patches: f64) -> bool {
 }
 
 /// The preset of one layer, group by group, and how it compares with round-to-nearest.
-fn fit_layer(l: &Layer, range: qdq::WeightRange) -> Option<(Preset, LayerFit)> {
+fn fit_layer(l: &Layer, range: WeightRange) -> Option<(Preset, LayerFit)> {
     let geo = l.geometry.as_ref()?;
     let m = l.weight_dims[0] as usize;
     let per_group = m / geo.group;
     let d = geo.d();
     // The grid `quantize` would round this layer to: the fit replaces that rounding.
-    let qmax = f64::from(range.qmax(qdq::is_depthwise(&l.node, &l.weight_dims)));
+    let qmax = f64::from(range.qmax(is_depthwise(&l.node, &l.weight_dims)));
     let mut q = vec![0i8; l.weights.len()];
     let mut scales = vec![0f32; m];
     let mut bias = vec![0f32; m];
@@ -848,7 +836,7 @@ mod tests {
         };
         // On its own patches the fit looks better than rounding: only their count stops it.
         let (few, many) = (layer(30), layer(400));
-        let (_, fit) = fit_layer(&few, qdq::WeightRange::Full).unwrap();
+        let (_, fit) = fit_layer(&few, WeightRange::Full).unwrap();
         assert!(fit.kept && fit.error < fit.rtn_error, "{fit:?}");
         assert!(!enough_patches(&few, few.grams[0].samples()));
         assert!(enough_patches(&many, many.grams[0].samples()));

@@ -6,8 +6,9 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use super::artifact::Artifact;
-use super::qdq::WeightRange;
-use super::OptimizeError;
+use super::weights::WeightRange;
+use super::figures::{Figures, LayerSensitivity};
+use super::spec::OptimizeError;
 
 pub const LATENCY_SVG: &str = "latency.svg";
 pub const SENSITIVITY_SVG: &str = "sensitivity.svg";
@@ -424,7 +425,7 @@ fn kernel_section(s: &mut String, a: &Artifact) {
     }
     ops.sort_by(|x, y| y.1.total_cmp(&x.1));
     const ROWS: usize = 14;
-    let cell = |f: &super::Figures, op: &str| {
+    let cell = |f: &Figures, op: &str| {
         f.kernels
             .iter()
             .find(|o| o.op == op)
@@ -596,7 +597,7 @@ fn bar_chart<'a, 'b>(
 
 fn layer_plot(
     a: &Artifact,
-    layers: &[super::LayerSensitivity],
+    layers: &[LayerSensitivity],
     title: &str,
     path: &Path,
 ) -> Result<(), String> {
