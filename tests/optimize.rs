@@ -480,18 +480,17 @@ fn fp16_runs_every_family() {
     use edgesight::optimize::fp16;
     use edgesight::tensor::Output;
     let tmp = tempfile::tempdir().unwrap();
-    let yolo = "../shared/fixtures/yolov8s-random-640-dynbatch.onnx";
-    let mut cases = vec![
-        ("models/cache/blazeface-back-256.onnx", "blazeface"),
-        ("models/cache/centernet-mobilenetv3.onnx", "centernet"),
+    // YOLOv8's layout and integer anchor grid, built here (`common::yolo_graph`).
+    let yolo = common::yolo_graph::save(&tmp.path().join("yolo-shaped.onnx"));
+    let cases = vec![
+        (asset("models/cache/blazeface-back-256.onnx"), "blazeface"),
+        (
+            asset("models/cache/centernet-mobilenetv3.onnx"),
+            "centernet",
+        ),
+        (yolo, "yolov8"),
     ];
-    if root().join(yolo).is_file() {
-        cases.push((yolo, "yolov8"));
-    } else {
-        eprintln!("no YOLOv8 fixture here: its FP16 case is skipped");
-    }
-    for (file, family) in cases {
-        let path = asset(file);
+    for (path, family) in cases {
         let (half, _) = fp16::convert(&Model::load(&path).unwrap(), &Default::default()).unwrap();
         let out = tmp.path().join(format!("{family}.onnx"));
         half.save(&out).unwrap();

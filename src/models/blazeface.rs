@@ -18,7 +18,9 @@
 //! assert_eq!(a[2], (1.5 / 16.0, 0.5 / 16.0)); // the next cell to the right
 //! ```
 
-use super::{input_hw, Detector, DetectorCommon, IoCheck, Labels, Manifest, ModelError};
+use super::detector::{input_hw, Detector, DetectorCommon, IoCheck, ModelError};
+use super::labels::Labels;
+use super::manifest::Manifest;
 use crate::detection::{Detection, Keypoint};
 use crate::preprocess::{Layout, PreprocessSpec, Resize, Transform};
 use crate::tensor::{ElementType, ModelIo, Output};

@@ -5,7 +5,9 @@
 //! can still give two peaks (the bus in `bus.jpg` does), so a class-wise NMS follows.
 //! Input: NHWC RGB float in 0..255, stretched to the input size.
 
-use super::{input_hw, Detector, DetectorCommon, IoCheck, Labels, Manifest, ModelError};
+use super::detector::{input_hw, Detector, DetectorCommon, IoCheck, ModelError};
+use super::labels::Labels;
+use super::manifest::Manifest;
 use crate::detection::Detection;
 use crate::preprocess::{Layout, PreprocessSpec, Resize, Transform};
 use crate::tensor::{ElementType, ModelIo, Output};

@@ -10,7 +10,9 @@
 
 use ndarray::Array4;
 
-use super::{preprocess_spec, IoCheck, Manifest, ModelError};
+use super::detector::{IoCheck, ModelError};
+use super::manifest::Manifest;
+use super::preprocess_spec;
 use crate::preprocess::{Layout, PreprocessSpec};
 use crate::tensor::{ModelIo, Output, Tensor};
 

@@ -14,7 +14,9 @@
 //! assert_eq!((a[0], a[1], a[2]), ((0.0, 0.0), (0.0, 0.0), (32.0, 0.0)));
 //! ```
 
-use super::{Detector, DetectorCommon, IoCheck, Labels, Manifest, ModelError};
+use super::detector::{Detector, DetectorCommon, IoCheck, ModelError};
+use super::labels::Labels;
+use super::manifest::Manifest;
 use crate::detection::{Detection, Keypoint};
 use crate::preprocess::{Layout, PreprocessSpec, Resize, Transform};
 use crate::tensor::{ElementType, ModelIo, Output};

@@ -2,7 +2,9 @@
 //! SSD MobileNetV2 COCO): outputs are boxes `[1, N, 4]` as normalised (ymin, xmin, ymax, xmax),
 //! classes `[1, N]`, scores `[1, N]` and a count `[1]`. The image is stretched to the input.
 
-use super::{input_hw, Detector, IoCheck, Labels, Manifest, ModelError};
+use super::detector::{input_hw, Detector, IoCheck, ModelError};
+use super::labels::Labels;
+use super::manifest::Manifest;
 use crate::detection::{BBox, Detection};
 use crate::preprocess::{Layout, PreprocessSpec, Resize, Transform};
 use crate::tensor::{ElementType, ModelIo, Output};

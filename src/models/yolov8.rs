@@ -5,7 +5,9 @@
 //! class scores (already sigmoid-ed, no objectness). Class names come from the export's `names`
 //! metadata, else from the manifest's labels file.
 
-use super::{input_hw, Detector, DetectorCommon, IoCheck, Labels, Manifest, ModelError};
+use super::detector::{input_hw, Detector, DetectorCommon, IoCheck, ModelError};
+use super::labels::Labels;
+use super::manifest::Manifest;
 use crate::detection::Detection;
 use crate::preprocess::{Layout, PreprocessSpec, Resize, Transform};
 use crate::tensor::{ElementType, ModelIo, Output};

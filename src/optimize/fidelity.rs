@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::figures::LayerSensitivity;
 use super::spec::OptimizeError;
 use crate::detection::Detection;
 use crate::engine::{Engine, EngineError};
@@ -68,52 +67,6 @@ pub fn latency(
     runs: usize,
 ) -> Result<Percentiles, EngineError> {
     Ok(latency_interleaved(&mut [engine], input, runs)?[0])
-}
-
-/// Per-layer output error: the cosine between each named tensor in the reference and in the
-/// fully quantized candidate, over `inputs`. One run of each model, with the tensors added as
-/// outputs, so it is cheap enough for every report (the accuracy search's one-layer-at-a-time
-/// sensitivity costs a run per layer).
-pub fn layer_errors(
-    reference: &crate::onnx::Model,
-    candidate: &crate::onnx::Model,
-    tensors: &[(String, String)],
-    inputs: &[Tensor],
-    engine: &crate::engine::EngineConfig,
-    scratch: &std::path::Path,
-) -> Result<Vec<LayerSensitivity>, OptimizeError> {
-    let names: Vec<String> = tensors.iter().map(|(_, t)| t.clone()).collect();
-    let collect = |m: &crate::onnx::Model,
-                   tag: &str|
-     -> Result<BTreeMap<String, Vec<Vec<f32>>>, OptimizeError> {
-        let path = scratch.join(format!("layers-{tag}.onnx"));
-        crate::onnx::graph::with_extra_outputs(m, &names).save(&path)?;
-        let mut e = Engine::load(&path, engine)?;
-        let mut out: BTreeMap<String, Vec<Vec<f32>>> = BTreeMap::new();
-        for t in inputs {
-            for o in e.run(t)? {
-                if names.contains(&o.name) {
-                    out.entry(o.name.clone()).or_default().push(flat(&o));
-                }
-            }
-        }
-        let _ = std::fs::remove_file(&path);
-        Ok(out)
-    };
-    let a = collect(reference, "fp32")?;
-    let b = collect(candidate, "candidate")?;
-    Ok(tensors
-        .iter()
-        .filter_map(|(layer, t)| {
-            let (x, y) = (a.get(t)?, b.get(t)?);
-            let c: Vec<f64> = x.iter().zip(y).map(|(p, q)| cosine(p, q)).collect();
-            Some(LayerSensitivity {
-                layer: layer.clone(),
-                fidelity: c.iter().sum::<f64>() / c.len().max(1) as f64,
-                kept_in_float: false,
-            })
-        })
-        .collect())
 }
 
 /// Batch-1 latency of several engines, timed in turn, run for run, after two warm-up runs
@@ -247,7 +200,7 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     ab / (aa.sqrt() * bb.sqrt())
 }
 
-fn flat(o: &Output) -> Vec<f32> {
+pub fn flat(o: &Output) -> Vec<f32> {
     o.data.iter().copied().collect()
 }
 

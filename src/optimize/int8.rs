@@ -7,14 +7,14 @@ use std::path::Path;
 
 use super::artifact::CalibrationInfo;
 use super::calibrate::{self, ImageSet};
-use super::calibrator::{Method, Range, TensorStats};
 use super::figures::LayerSensitivity;
-use super::qdq::{self, ActivationType, Exclusions, QdqReport, QuantizeConfig};
+use super::qdq::{self, ActivationType, Exclusions, QdqReport};
 use super::reconstruct::{self, LayerFit};
 use super::search::{AccuracySearch, Judge};
 use super::spec::{OptimizeError, OptimizeSpec, ProgressFn, Target};
 use super::weights::{Presets, WeightRange};
-use super::{equalize, fidelity};
+use super::quantizer::Quantizer;
+use super::{equalize, figures};
 use crate::engine::{Engine, EngineConfig};
 use crate::onnx::Model;
 use crate::preprocess::PreprocessSpec;
@@ -24,68 +24,6 @@ use crate::tensor::Tensor;
 const RECONSTRUCT_IMAGES: usize = 32;
 /// Held-out frames the per-layer error figures are measured on.
 const LAYER_ERROR_IMAGES: usize = 4;
-
-/// One model with one calibration, quantized with any exclusions and weight presets: what the
-/// search and the fit vary while everything else stays.
-pub struct Quantizer<'a> {
-    model: &'a Model,
-    ranges: HashMap<String, Range>,
-    channel_means: &'a HashMap<String, Vec<f32>>,
-    act: ActivationType,
-    weights: WeightRange,
-}
-
-impl<'a> Quantizer<'a> {
-    pub fn new(
-        model: &'a Model,
-        stats: &'a calibrate::Statistics,
-        method: Method,
-        act: ActivationType,
-        weights: WeightRange,
-    ) -> Self {
-        Quantizer {
-            model,
-            ranges: ranges_of(&stats.tensors, method),
-            channel_means: &stats.channel_means,
-            act,
-            weights,
-        }
-    }
-
-    /// The float model it quantizes.
-    pub fn model(&self) -> &'a Model {
-        self.model
-    }
-
-    pub fn quantize(
-        &self,
-        presets: &Presets,
-        exclude: &Exclusions,
-    ) -> Result<(Model, QdqReport), OptimizeError> {
-        let cfg = QuantizeConfig {
-            ranges: &self.ranges,
-            channel_means: self.channel_means,
-            presets,
-            act: self.act,
-            weights: self.weights,
-            exclude,
-        };
-        Ok(qdq::quantize(self.model, &cfg)?)
-    }
-
-    /// With weights rounded to nearest.
-    pub fn rounded(&self, exclude: &Exclusions) -> Result<(Model, QdqReport), OptimizeError> {
-        self.quantize(&Presets::new(), exclude)
-    }
-}
-
-/// Each tensor's range under `method`.
-pub fn ranges_of(stats: &HashMap<String, TensorStats>, method: Method) -> HashMap<String, Range> {
-    stats
-        .iter()
-        .map(|(k, s)| (k.clone(), s.range(method)))
-        .collect()
-}
 
 /// Activation and weight grids for the target: ONNX Runtime's CPU kernels take uint8
 /// activations and the CPU's weight range; TensorRT takes int8 symmetric, full range.
@@ -192,7 +130,7 @@ pub fn quantize(
     }
     let probe = &held[..held.len().min(LAYER_ERROR_IMAGES)];
     let layer_error =
-        fidelity::layer_errors(&src, &q, &rep.compute_outputs, probe, cx.cpu, cx.scratch)?;
+        figures::layer_errors(&src, &q, &rep.compute_outputs, probe, cx.cpu, cx.scratch)?;
     for (op, n) in &rep.unknown_ops {
         tracing::warn!(op = %op, nodes = n, "op unknown to the quantizer: left in float");
     }
@@ -228,13 +166,13 @@ struct Fit<'a> {
 impl Fit<'_> {
     fn presets(&self, exclude: &Exclusions) -> Result<(Presets, Vec<LayerFit>), OptimizeError> {
         let src = self.quantizer.model();
-        let laid = qdq::layout_for(src, self.quantizer.act).map(|(m, _)| m);
+        let laid = qdq::layout_for(src, self.quantizer.act()).map(|(m, _)| m);
         let with = |p: &Presets| Ok(self.quantizer.quantize(p, exclude)?.0);
         let progress = self.cx.progress;
         reconstruct::fit(
             laid.as_ref().unwrap_or(src),
             &with,
-            self.quantizer.weights,
+            self.quantizer.weights(),
             self.cx.spec.manifest.family.is_detector(),
             self.inputs,
             self.cx.cpu,

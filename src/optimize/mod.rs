@@ -27,6 +27,7 @@ pub mod int8;
 pub mod measure;
 pub mod peaks;
 pub mod qdq;
+pub mod quantizer;
 pub mod reconstruct;
 pub mod report;
 pub mod rewrites;

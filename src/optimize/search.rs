@@ -10,7 +10,7 @@
 
 use super::fidelity;
 use super::figures::LayerSensitivity;
-use super::int8::Quantizer;
+use super::quantizer::Quantizer;
 use super::qdq::{self, Exclusions, QdqReport};
 use super::spec::{OptimizeError, ProgressFn};
 use super::workspace::temp_dir;

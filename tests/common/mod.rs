@@ -4,6 +4,7 @@
 
 pub mod live;
 pub mod mqtt;
+pub mod yolo_graph;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -18,8 +19,8 @@ pub fn root() -> PathBuf {
 }
 
 /// The shape-true YOLOv8s export with random weights, found only on the project's own machines
-/// beside the checkout; the tests that need it are `#[ignore]`d, and `make test` runs them when
-/// it is there.
+/// beside the checkout; the one test that needs the real architecture is `#[ignore]`d, and
+/// `make test` runs it when it is there. Everything else YOLO runs on [`yolo_graph`].
 pub const YOLO_FIXTURE: &str = "../shared/fixtures/yolov8s-random-640-dynbatch.onnx";
 
 pub fn yolo_fixture() -> PathBuf {
