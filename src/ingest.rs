@@ -18,7 +18,6 @@
 //! # Ok(()) }
 //! ```
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +28,7 @@ use gstreamer_app as gst_app;
 
 use crate::frame::{Frame, FrameError, PixelFormat};
 use crate::source::{Source, SourceKind, SourceOptions};
+use crate::uri::{self, redact};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -55,46 +55,16 @@ pub enum IngestError {
 /// Turns a CLI argument into a URI: `scheme://...` passes through, anything else must be an
 /// existing file.
 pub fn resolve_input(input: &str) -> Result<String, IngestError> {
-    if input.contains("://") {
-        return Ok(input.to_string());
-    }
-    let path = Path::new(input);
-    if !path.is_file() {
-        return Err(IngestError::NotFound(input.to_string()));
-    }
-    let abs = path
-        .canonicalize()
-        .map_err(|_| IngestError::NotFound(input.to_string()))?;
-    gst::glib::filename_to_uri(&abs, None)
-        .map(|u| u.to_string())
-        .map_err(|e| IngestError::Open {
+    uri::resolve(input).map_err(|e| match e {
+        uri::UriError::NotFound => IngestError::NotFound(input.to_string()),
+        uri::UriError::Invalid(reason) => IngestError::Open {
             source_name: input.to_string(),
-            reason: e.to_string(),
-        })
+            reason,
+        },
+    })
 }
 
-/// Hides credentials in a URI before it reaches a log or an output file:
-/// `rtsp://user:pass@cam/stream` becomes `rtsp://***@cam/stream`.
-pub fn redact(uri: &str) -> String {
-    if let Some(scheme_end) = uri.find("://") {
-        let rest = &uri[scheme_end + 3..];
-        let authority_end = rest.find('/').unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            return format!("{}://***@{}", &uri[..scheme_end], &rest[at + 1..]);
-        }
-    }
-    uri.to_string()
-}
-
-/// A short stream name for events and logs: the file name for files, the redacted URI otherwise.
-pub fn stream_name(uri: &str) -> String {
-    if let Ok((path, _)) = gst::glib::filename_from_uri(uri) {
-        if let Some(name) = path.file_name() {
-            return name.to_string_lossy().into_owned();
-        }
-    }
-    redact(uri)
-}
+pub use crate::uri::stream_name;
 
 /// What [`Decoder::next`] found.
 // The frame is moved on into a channel right away; boxing it would cost an allocation per frame
@@ -524,19 +494,4 @@ fn first_error(bus: &gst::Bus) -> Option<String> {
             gst::MessageView::Error(e) => Some(describe_error(e)),
             _ => None,
         })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redacts_credentials() {
-        assert_eq!(
-            redact("rtsp://admin:secret@10.0.0.5:554/live"),
-            "rtsp://***@10.0.0.5:554/live"
-        );
-        assert_eq!(redact("rtsp://cam/live"), "rtsp://cam/live");
-        assert_eq!(redact("file:///tmp/a@b.mp4"), "file:///tmp/a@b.mp4");
-    }
 }

@@ -28,6 +28,7 @@ pub mod source;
 pub mod stats;
 pub mod tensor;
 pub mod track;
+pub mod uri;
 
 use std::path::{Path, PathBuf};
 

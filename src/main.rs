@@ -19,6 +19,10 @@ use edgesight::source::{RtspTransport, Source};
 
 #[path = "cli/faces.rs"]
 mod faces_cli;
+#[path = "cli/progress.rs"]
+mod progress;
+
+use progress::progress_bar;
 
 #[derive(Parser)]
 #[command(
@@ -423,17 +427,6 @@ impl RunArgs {
     }
 }
 
-pub(crate) fn progress_bar() -> ProgressBar {
-    let pb = ProgressBar::no_length();
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} frames {msg}",
-        )
-        .expect("static template"),
-    );
-    pb
-}
-
 fn run(args: &RunArgs) -> Result<ExitCode> {
     if let Some(opts) = args.service()? {
         return serve(opts);
@@ -835,11 +828,7 @@ fn manifest_for_file(file: &std::path::Path) -> Result<Manifest> {
 
 fn optimize(a: &OptimizeArgs) -> Result<ExitCode> {
     use edgesight::optimize::{
-        self,
-        calibrator::Method,
-        qdq::Exclusions,
-        weights::WeightRange,
-        Precision, Target,
+        self, calibrator::Method, qdq::Exclusions, weights::WeightRange, Precision, Target,
     };
     if let Some(OptimizeSub::Inspect { model_file, json }) = &a.sub {
         let m = edgesight::onnx::Model::load(model_file)?;

@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 use crate::config::{ConfigError, PipelineFile};
 use crate::metrics::{Health, Metrics, MetricsError, MetricsServer};
 use crate::mqtt::{MqttConfig, MqttError, MqttPublisher};
-use crate::pipeline::runner::{Runner, RunnerSpec, StreamOutcome, StreamSpec};
+use crate::pipeline::runner::{Runner, RunnerSpec, StreamOutcome};
+use crate::pipeline::stream_spec::StreamSpec;
 use crate::pipeline::{Observer, PipelineError, RunSpec, StatusBoard, StreamState, StreamStatus};
 use crate::rtsp::RtspServer;
 

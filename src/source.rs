@@ -178,7 +178,7 @@ impl std::fmt::Debug for Source {
 impl Source {
     /// Parses a CLI argument or pipeline-file `uri`. A bare path must exist.
     pub fn parse(input: &str, options: &SourceOptions) -> Result<Self, SourceError> {
-        let display = crate::ingest::redact(input);
+        let display = crate::uri::redact(input);
         let bad = |reason: &str| SourceError::BadUri {
             uri: display.clone(),
             reason: reason.to_string(),
@@ -224,8 +224,8 @@ impl Source {
     }
 
     fn file(input: &str, options: &SourceOptions) -> Result<Self, SourceError> {
-        let uri = crate::ingest::resolve_input(input)
-            .map_err(|_| SourceError::NotFound(input.to_string()))?;
+        let uri =
+            crate::uri::resolve(input).map_err(|_| SourceError::NotFound(input.to_string()))?;
         Ok(Self {
             kind: SourceKind::Uri { uri },
             display: input.to_string(),
@@ -334,7 +334,7 @@ impl Source {
     /// A short default stream name: the file name for files, the redacted URI otherwise.
     pub fn default_name(&self) -> String {
         match &self.kind {
-            SourceKind::Uri { uri } => crate::ingest::stream_name(uri),
+            SourceKind::Uri { uri } => crate::uri::stream_name(uri),
             SourceKind::V4l2 { device } => device
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::pipeline::runner::{Runner, RunnerSpec, StreamSpec};
+use crate::pipeline::runner::{Runner, RunnerSpec};
+use crate::pipeline::stream_spec::StreamSpec;
 use crate::pipeline::{
     BatchSettings, LiveSettings, PipelineError, RunSpec, StatusBoard, StreamState, Summary,
 };

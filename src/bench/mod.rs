@@ -232,7 +232,7 @@ pub fn run(
     });
     Ok(BenchReport {
         model: spec.model.name.clone(),
-        input: ingest::redact(&spec.input),
+        input: crate::uri::redact(&spec.input),
         threads: spec.engine.threads,
         pipeline_frames: frames,
         pipeline_fps: median(all.iter().map(|r| r.pipeline_fps).collect()),

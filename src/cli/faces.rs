@@ -431,7 +431,7 @@ fn calibrate(a: &FacesArgs, dir: &Path, far: f64, json: bool) -> Result<ExitCode
     }
     files.sort();
     let (mut embs, mut ids, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
-    let pb = crate::progress_bar();
+    let pb = crate::progress::progress_bar();
     pb.set_length(files.len() as u64);
     for p in &files {
         pb.inc(1);

@@ -131,7 +131,7 @@ impl Detector for Ssd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::Family;
+    use crate::models::manifest::Family;
     use crate::tensor::TensorInfo;
     use ndarray::{arr1, arr2, arr3};
 

@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::weights::WeightRange;
 use super::figures::{Figures, LayerSensitivity};
 use super::spec::{OptimizeError, Precision, Target};
+use super::weights::WeightRange;
 use crate::engine::{Engine, EngineConfig, Provider, TensorRtOptions};
 use crate::models::Manifest;
 

@@ -180,7 +180,9 @@ pub fn convert(model: &Model, opts: &Fp16Options) -> Result<(Model, Fp16Report),
         }
         let keep = keep_rule(n, &float_source, opts);
         if let Some((fin, fout)) = keep {
-            report.kept_fp32_nodes.push(crate::onnx::graph::node_label(n));
+            report
+                .kept_fp32_nodes
+                .push(crate::onnx::graph::node_label(n));
             for &i in fin {
                 let Some(inp) = node.input.get(i).cloned() else {
                     continue;

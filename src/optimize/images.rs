@@ -41,9 +41,8 @@ impl ImageSets {
                 ),
             });
         }
-        let (held, _) = calibrate::tensors(&heldout, pre, &|d, t| {
-            progress("held-out frames", d, t)
-        })?;
+        let (held, _) =
+            calibrate::tensors(&heldout, pre, &|d, t| progress("held-out frames", d, t))?;
         let identities: Option<Vec<String>> = heldout
             .images
             .iter()

@@ -9,11 +9,11 @@ use super::artifact::CalibrationInfo;
 use super::calibrate::{self, ImageSet};
 use super::figures::LayerSensitivity;
 use super::qdq::{self, ActivationType, Exclusions, QdqReport};
+use super::quantizer::Quantizer;
 use super::reconstruct::{self, LayerFit};
 use super::search::{AccuracySearch, Judge};
 use super::spec::{OptimizeError, OptimizeSpec, ProgressFn, Target};
 use super::weights::{Presets, WeightRange};
-use super::quantizer::Quantizer;
 use super::{equalize, figures};
 use crate::engine::{Engine, EngineConfig};
 use crate::onnx::Model;
@@ -78,7 +78,11 @@ pub fn quantize(
         tracing::info!(pairs = n, "cross-layer equalization");
     }
     // Equalized weights give other activations: their statistics are cached apart.
-    let model_key = format!("{}{}", cx.source_sha, if spec.equalize { "+cle" } else { "" });
+    let model_key = format!(
+        "{}{}",
+        cx.source_sha,
+        if spec.equalize { "+cle" } else { "" }
+    );
     let cal = calibrate::calibrated(&src, &model_key, set, cx.pre, cx.cpu, cx.scratch, progress)?;
     // The reconstruction and the search both run calibration images again; a run from the
     // cache decodes them only for these.
@@ -125,7 +129,9 @@ pub fn quantize(
         (q, rep) = quantizer.quantize(&presets, &exclude)?;
         // The fully quantized model the report sets beside it gets fits of its own.
         if let Some(every) = every_layer.as_mut() {
-            *every = quantizer.quantize(&fit.presets(&spec.exclude)?.0, &spec.exclude)?.0;
+            *every = quantizer
+                .quantize(&fit.presets(&spec.exclude)?.0, &spec.exclude)?
+                .0;
         }
     }
     let probe = &held[..held.len().min(LAYER_ERROR_IMAGES)];

@@ -43,8 +43,8 @@
 
 use std::collections::HashMap;
 
-use crate::onnx::{self, pb, DataType, Model};
 use super::qdq::names::Pair;
+use crate::onnx::{self, pb, DataType, Model};
 
 /// The graph with every heatmap peak test rewritten onto the logits, and the Equal nodes that
 /// were; `None` when it has none. A peak test whose MaxPool `skip` names (an excluded layer) is

@@ -39,10 +39,10 @@ use std::path::Path;
 
 use ndarray::{s, Array2, ArrayView3, ArrayViewD};
 
-use super::weights::{is_depthwise, Preset, Presets, WeightRange};
-use crate::onnx::graph::{node_label, with_extra_outputs};
 use super::spec::OptimizeError;
+use super::weights::{is_depthwise, Preset, Presets, WeightRange};
 use crate::engine::{Engine, EngineConfig};
+use crate::onnx::graph::{node_label, with_extra_outputs};
 use crate::onnx::{self, pb, Model};
 use crate::tensor::Tensor;
 

@@ -6,9 +6,9 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use super::artifact::Artifact;
-use super::weights::WeightRange;
 use super::figures::{Figures, LayerSensitivity};
 use super::spec::OptimizeError;
+use super::weights::WeightRange;
 
 pub const LATENCY_SVG: &str = "latency.svg";
 pub const SENSITIVITY_SVG: &str = "sensitivity.svg";

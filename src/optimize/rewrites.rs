@@ -41,13 +41,15 @@ fn apply(
     shapes: &HashMap<String, Vec<usize>>,
 ) -> (Model, Vec<String>) {
     let mut done = Vec::new();
-    let m = rewrites.iter().fold(m, |m, rewrite| match rewrite(&m, shapes) {
-        Some((r, lines)) => {
-            done.extend(lines);
-            r
-        }
-        None => m,
-    });
+    let m = rewrites
+        .iter()
+        .fold(m, |m, rewrite| match rewrite(&m, shapes) {
+            Some((r, lines)) => {
+                done.extend(lines);
+                r
+            }
+            None => m,
+        });
     (m, done)
 }
 

@@ -10,8 +10,8 @@
 
 use super::fidelity;
 use super::figures::LayerSensitivity;
-use super::quantizer::Quantizer;
 use super::qdq::{self, Exclusions, QdqReport};
+use super::quantizer::Quantizer;
 use super::spec::{OptimizeError, ProgressFn};
 use super::workspace::temp_dir;
 use crate::engine::{Engine, EngineConfig};
@@ -96,8 +96,18 @@ impl<'a> Judge<'a> {
         Ok(fidelity::outputs_of(&mut e, inputs)?)
     }
 
-    fn fidelity(&self, reference: &[Vec<Output>], out: &[Vec<Output>]) -> Result<f64, OptimizeError> {
-        let f = fidelity::compare(reference, out, self.manifest.family, self.manifest, &self.io)?;
+    fn fidelity(
+        &self,
+        reference: &[Vec<Output>],
+        out: &[Vec<Output>],
+    ) -> Result<f64, OptimizeError> {
+        let f = fidelity::compare(
+            reference,
+            out,
+            self.manifest.family,
+            self.manifest,
+            &self.io,
+        )?;
         Ok(f.score())
     }
 

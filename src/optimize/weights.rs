@@ -156,7 +156,10 @@ mod tests {
             per_column_scales(&rows, 3, 2, 127.0),
             per_channel_scales(&cols, 2, 127.0)
         );
-        assert_eq!(per_column_scales(&rows, 3, 2, 64.0), [2.0 / 64.0, 3.0 / 64.0]);
+        assert_eq!(
+            per_column_scales(&rows, 3, 2, 64.0),
+            [2.0 / 64.0, 3.0 / 64.0]
+        );
         assert_eq!(per_column_scales(&[0.0; 4], 2, 2, 127.0), [1.0, 1.0]);
     }
 }

@@ -24,8 +24,8 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendErro
 use ndarray::Axis;
 use serde::Deserialize;
 
+use super::shared::{Decoded, Detected, PipelineError, StreamKey, StreamShared};
 use super::status::Observer;
-use super::{Decoded, Detected, PipelineError, StreamKey, StreamShared};
 use crate::engine::Engine;
 use crate::models::Detector;
 use crate::preprocess::Transform;

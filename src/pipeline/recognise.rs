@@ -18,7 +18,7 @@ use crate::faces::{Face, FaceDetector, FaceEmbedder, FacesSettings};
 use crate::frame::Frame;
 use crate::models::Manifest;
 
-use super::PipelineError;
+use super::shared::PipelineError;
 
 /// How often the gallery's version is checked.
 const GALLERY_POLL: Duration = Duration::from_secs(1);

@@ -10,13 +10,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender};
 
 use super::batch::{Prepared, Route, Routes, Work};
+use super::job::{FacesSummary, OutputPaths, Progress, Summary};
 use super::recognise::Recognition;
-use super::runner::StreamSpec;
+use super::shared::{Decoded, Detected, PipelineError, StreamKey, StreamShared};
 use super::status::{Observer, StatusBoard, StreamState};
+use super::stream_spec::StreamSpec;
 use super::supervisor::{Ingest, Outlet};
-use super::{
-    Decoded, Detected, OutputPaths, PipelineError, Progress, StreamKey, StreamShared, Summary,
-};
 use crate::ingest::IngestError;
 use crate::models::Detector;
 use crate::preprocess::Preprocessor;
@@ -426,7 +425,7 @@ struct SinkTally {
     batched: u64,
     tracks: BTreeMap<String, u64>,
     counts: Option<serde_json::Value>,
-    faces: Option<super::FacesSummary>,
+    faces: Option<FacesSummary>,
 }
 
 struct SinkCtx {

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde::Deserialize;
 
+use super::shared::{Decoded, PipelineError, StreamShared, Times};
 use super::status::{StatusBoard, StreamState};
-use super::{Decoded, PipelineError, StreamShared, Times};
 use crate::frame::PixelFormat;
 use crate::ingest::{Decoder, Next};
 use crate::source::Source;

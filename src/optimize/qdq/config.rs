@@ -2,9 +2,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::onnx::pb;
 use crate::optimize::calibrator::Range;
 use crate::optimize::weights::{Presets, WeightRange};
-use crate::onnx::pb;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -44,7 +44,9 @@ impl<'t> Emitter<'t> {
         }
         let p = Pair(t);
         let (s, z) = (p.scale(), p.zero_point());
-        self.add.inits.push(onnx::tensor_from_f32(&s, &[], &[q.scale]));
+        self.add
+            .inits
+            .push(onnx::tensor_from_f32(&s, &[], &[q.scale]));
         self.add.inits.push(match self.zp_type {
             DataType::Uint8 => onnx::tensor_from_u8(&z, &[], &[q.zero_point as u8]),
             _ => onnx::tensor_from_i8(&z, &[], &[q.zero_point as i8]),
@@ -113,7 +115,9 @@ impl<'t> Emitter<'t> {
         }
         let (po, px) = (Pair(o), Pair(x));
         let s = po.scale();
-        self.add.inits.push(onnx::tensor_from_f32(&s, &[], &[q.scale]));
+        self.add
+            .inits
+            .push(onnx::tensor_from_f32(&s, &[], &[q.scale]));
         self.add.nodes.push(onnx::node(
             "DequantizeLinear",
             &po.dq_node(),
@@ -234,7 +238,12 @@ pub fn compute_outputs(
         .filter(|(n, &on)| on && !SHARES_INPUT_RANGE.contains(&n.op_type()))
         // A folded output's raw values (clipped at the inputs, for a Concat) mean nothing: the
         // error is measured where the runtime writes it.
-        .filter_map(|(n, _)| Some((node_label(n), sel.carrier(g, n.output.first()?)?.to_string())))
+        .filter_map(|(n, _)| {
+            Some((
+                node_label(n),
+                sel.carrier(g, n.output.first()?)?.to_string(),
+            ))
+        })
         .filter(|(_, t)| cfg.ranges.contains_key(t))
         .collect()
 }

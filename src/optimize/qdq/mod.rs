@@ -47,10 +47,9 @@ pub mod names;
 pub mod params;
 pub mod probe;
 pub mod select;
-pub mod weights;
 #[cfg(test)]
 mod tests;
-
+pub mod weights;
 
 pub use config::{ActivationType, Exclusions, QdqReport, QuantizeConfig};
 pub use probe::{grid_top, neighbours, runtime_requantized, with_one_quantized_tensor};

@@ -135,8 +135,8 @@ fn share_concat_grids(ix: &GraphIndex, sel: &Selection, tq: &mut HashMap<String,
             continue;
         };
         for t in &n.input {
-            let sole = ix.consumers.get(t.as_str()) == Some(&1)
-                && !ix.graph_outputs.contains(t.as_str());
+            let sole =
+                ix.consumers.get(t.as_str()) == Some(&1) && !ix.graph_outputs.contains(t.as_str());
             let computes = ix.producer.get(t.as_str()).is_some_and(|&p| {
                 let op = g.node[p].op_type();
                 active[p] && !SHARES_INPUT_RANGE.contains(&op) && !FUSED_ACTIVATION.contains(&op)

@@ -74,10 +74,7 @@ pub fn runtime_requantized(model: &Model) -> Vec<String> {
 /// for `tensor`.
 pub fn with_one_quantized_tensor(model: &Model, quantized: &Model, tensor: &str) -> Option<Model> {
     let qg = quantized.graph();
-    let q = qg
-        .node
-        .iter()
-        .find(|n| n.name() == Pair(tensor).q_node())?;
+    let q = qg.node.iter().find(|n| n.name() == Pair(tensor).q_node())?;
     let dq = qg
         .node
         .iter()

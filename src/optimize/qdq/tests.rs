@@ -31,7 +31,6 @@ fn quantize_with(
     )
 }
 
-
 /// One activation rounded alone: the float model plus that tensor's own Q/DQ pair (same
 /// parameters as in the quantized model), its readers on the dequantized copy, weights float.
 #[test]
@@ -916,8 +915,7 @@ fn reduced_range_spares_depthwise_layers() {
         reach(WeightRange::Reduced),
         [("dw".into(), 127), ("pw".into(), 64)].into()
     );
-    let n =
-        |group: i64| onnx::node("Conv", "c", &[], &[], vec![onnx::attr_int("group", group)]);
+    let n = |group: i64| onnx::node("Conv", "c", &[], &[], vec![onnx::attr_int("group", group)]);
     assert!(is_depthwise(&n(4), &[4, 1, 3, 3]));
     assert!(!is_depthwise(&n(4), &[8, 1, 3, 3]), "two outputs per group");
     assert!(

@@ -336,8 +336,11 @@ fn emit_bias(
         .map(|(&v, &s)| (v / s).round().clamp(i32::MIN as f32, i32::MAX as f32) as i32)
         .collect();
     let names = Stored::bias(bname);
-    add.inits
-        .push(onnx::tensor_from_i32(&names.quantized, &[bv.len() as i64], &bq));
+    add.inits.push(onnx::tensor_from_i32(
+        &names.quantized,
+        &[bv.len() as i64],
+        &bq,
+    ));
     add.inits
         .push(onnx::tensor_from_f32(&names.scale, &bdims, &bscale));
     add.inits.push(onnx::tensor_from_i32(
