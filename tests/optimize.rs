@@ -60,7 +60,7 @@ fn int8_mobilefacenet_stays_close_to_fp32() {
         "{report}"
     );
     // The weights reach as far as this CPU's int8 kernels take, depthwise layers ±127.
-    use edgesight::optimize::qdq::{is_depthwise, WeightRange};
+    use edgesight::optimize::weights::{is_depthwise, WeightRange};
     let range = WeightRange::for_this_cpu();
     assert_eq!(a["weight_range"].as_str(), Some(range.to_string().as_str()));
     let stated = match range {
@@ -536,7 +536,7 @@ fn fp16_runs_every_family() {
 fn gemm_and_matmul_get_per_channel_weights() {
     use edgesight::engine::{Engine, EngineConfig};
     use edgesight::onnx::DataType;
-    use edgesight::optimize::qdq;
+    use edgesight::optimize::weights::WeightRange;
     let tmp = tempfile::tempdir().unwrap();
     // Output channels of very different magnitudes, so one scale per tensor would not do.
     // `axis` holds the output channels: 0 for Conv and Gemm(transB), 1 for a [K, N] weight.
@@ -658,8 +658,8 @@ fn gemm_and_matmul_get_per_channel_weights() {
     // Where the int8 kernels add products in 16 bits, full-range weights saturate them: the
     // reduced range above is what keeps this model's outputs. Should a runtime stop
     // saturating, this fails and the reduced range can go.
-    if qdq::cpu_int8_saturates() {
-        let (full, _) = quantized_with_range(&model, &cal, tmp.path(), qdq::WeightRange::Full);
+    if edgesight::optimize::weights::cpu_int8_saturates() {
+        let (full, _) = quantized_with_range(&model, &cal, tmp.path(), WeightRange::Full);
         let mut c = save(&full, "full.onnx");
         let worst = held
             .iter()
@@ -1353,7 +1353,7 @@ fn int8_centernet_reports_agreement_by_class() {
         .expect("a score ceiling");
     let q = Model::load(&model).unwrap();
     assert_eq!(
-        edgesight::optimize::score_ceiling(&float, &q),
+        edgesight::optimize::ceiling::score_ceiling(&float, &q),
         Some(ceiling)
     );
     assert!(ceiling > 0.5 && ceiling < 0.9, "{ceiling}");
@@ -1558,7 +1558,7 @@ fn bench_times_an_artifact_against_its_source() {
 
     // The artifact was quantized for this CPU, and says so. Told it is full range, it is
     // warned of exactly where the int8 kernels saturate on such weights.
-    use edgesight::optimize::qdq::{cpu_int8_saturates, WeightRange};
+    use edgesight::optimize::weights::{cpu_int8_saturates, WeightRange};
     let range = WeightRange::for_this_cpu().to_string();
     assert_eq!(
         artifact(&art)["weight_range"].as_str(),
@@ -1679,7 +1679,7 @@ fn quantized_on(
     inputs: &[edgesight::tensor::Tensor],
     scratch: &Path,
 ) -> (Model, std::collections::HashMap<String, Vec<usize>>) {
-    let range = edgesight::optimize::qdq::WeightRange::for_this_cpu();
+    let range = edgesight::optimize::weights::WeightRange::for_this_cpu();
     quantized_with_range(model, inputs, scratch, range)
 }
 
@@ -1688,25 +1688,15 @@ fn quantized_with_range(
     model: &Model,
     inputs: &[edgesight::tensor::Tensor],
     scratch: &Path,
-    range: edgesight::optimize::qdq::WeightRange,
+    range: edgesight::optimize::weights::WeightRange,
 ) -> (Model, std::collections::HashMap<String, Vec<usize>>) {
     use edgesight::engine::EngineConfig;
-    use edgesight::optimize::{calibrate, calibrator::Method, qdq};
+    use edgesight::optimize::{calibrate, calibrator::Method, qdq, quantizer::Quantizer};
     let cfg = EngineConfig::default();
     let stats = calibrate::collect(model, inputs, &cfg, scratch, &|_, _| {}).unwrap();
-    let ranges = edgesight::optimize::ranges_of(&stats.tensors, Method::MinMax);
     let act = qdq::ActivationType::U8Asymmetric;
-    let none = qdq::Exclusions::default();
-    let (q, _) = qdq::quantize(
-        model,
-        &ranges,
-        &stats.channel_means,
-        &Default::default(),
-        act,
-        range,
-        &none,
-    )
-    .unwrap();
+    let quantizer = Quantizer::new(model, &stats, Method::MinMax, act, range);
+    let (q, _) = quantizer.rounded(&qdq::Exclusions::default()).unwrap();
     (q, stats.shapes)
 }
 
