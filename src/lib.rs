@@ -9,6 +9,7 @@ pub mod config;
 pub mod cvmat;
 pub mod detection;
 pub mod devices;
+pub mod doctor;
 pub mod engine;
 pub mod faces;
 pub mod frame;

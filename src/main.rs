@@ -92,6 +92,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Show what this installation found and where: the data directory, ONNX Runtime, each
+    /// model, the calibration sets, the GStreamer elements and the CPU's int8 features. Exits
+    /// 1 when something the default job needs is missing.
+    Doctor {
+        /// Print JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -561,6 +569,28 @@ fn rtsp_serve(
     Ok(ExitCode::SUCCESS)
 }
 
+fn doctor(json: bool) -> Result<ExitCode> {
+    let checks = edgesight::doctor::checks();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        for c in &checks {
+            let mark = match (c.ok, c.essential) {
+                (true, _) => "ok  ",
+                (false, true) => "FAIL",
+                (false, false) => "--  ",
+            };
+            println!("{mark} {:<12} {:<18} {}", c.kind, c.what, c.detail);
+        }
+    }
+    let broken = checks.iter().filter(|c| c.essential && !c.ok).count();
+    if broken > 0 {
+        eprintln!("error: {broken} essential check(s) failed (marked FAIL)");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn devices(json: bool) -> Result<ExitCode> {
     let cams = edgesight::devices::list()?;
     if json {
@@ -973,6 +1003,7 @@ fn main() -> ExitCode {
         } => bench_live(run, *suite, *rounds, *count, json.as_ref()),
         Cmd::Optimize(a) => optimize(a),
         Cmd::Devices { json } => devices(*json),
+        Cmd::Doctor { json } => doctor(*json),
         Cmd::Faces(a) => faces_cli::run(a),
         Cmd::RtspServe {
             input,
