@@ -111,18 +111,7 @@ fn runtime_check() -> Check {
 }
 
 fn model_checks() -> Vec<Check> {
-    let dir = crate::bundled("models");
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.strip_suffix(".toml").map(str::to_string)
-        })
-        .collect();
-    names.sort();
-    names
+    Manifest::names()
         .iter()
         .map(|name| {
             let check = match Manifest::find(name) {

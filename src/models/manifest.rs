@@ -143,22 +143,27 @@ impl Manifest {
         let dir = models_dir();
         let path = dir.join(format!("{name_or_path}.toml"));
         if !path.is_file() {
-            let mut known: Vec<String> = std::fs::read_dir(&dir)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|e| {
-                    let n = e.file_name().to_string_lossy().into_owned();
-                    n.strip_suffix(".toml").map(str::to_string)
-                })
-                .collect();
-            known.sort();
             return Err(ManifestError::Unknown {
                 name: name_or_path.to_string(),
                 path,
-                known: known.join(", "),
+                known: Self::names().join(", "),
             });
         }
         Self::load(&path)
+    }
+
+    /// The names of the manifests in `models/`, sorted.
+    pub fn names() -> Vec<String> {
+        let mut known: Vec<String> = std::fs::read_dir(models_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.strip_suffix(".toml").map(str::to_string)
+            })
+            .collect();
+        known.sort();
+        known
     }
 }

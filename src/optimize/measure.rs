@@ -224,7 +224,7 @@ fn draw_comparison(
         .map_err(|e| io(frame, e.to_string()))?;
     for (outputs, name) in drawn {
         let path = dir.join(name);
-        crate::sinks::video::write_jpeg(&image, &det.decode(outputs, &t)?, &path)
+        crate::picture::write_jpeg(&image, &det.decode(outputs, &t)?, &path)
             .map_err(|e| io(&path, e.to_string()))?;
     }
     Ok(())

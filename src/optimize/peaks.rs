@@ -251,18 +251,11 @@ fn path_to_topk<'g>(
     }
 }
 
-/// The graph with every masked heatmap computed on integers, and the Mul nodes that were;
-/// `None` when it has none. For a quantized graph (the logits come from a
-/// DequantizeLinear), CPU only: the sigmoid gets a Q/DQ pair on the fixed grid of 1/255 (ONNX
-/// Runtime fuses it into a table lookup), the Transposes move uint8, the boolean mask is cast
-/// to uint8 instead of float and the Mul of the two runs as an integer multiply onto the same
-/// grid; a TopK the product reaches through shape-only ops ranks those integers. On CenterNet
-/// this replaces a dequantize, a float sigmoid, a cast and a multiply over 80x128x128 values.
-/// A Mul or Sigmoid that `skip` names (an excluded layer) is left alone.
-pub fn scores_on_integers(
+/// The masked heatmaps of a quantized graph that [`scores_on_integers`] can move onto integers.
+fn masked_score_sites(
     model: &Model,
     skip: impl Fn(&pb::NodeProto) -> bool,
-) -> Option<(Model, Vec<String>)> {
+) -> Vec<MaskedScores> {
     let g = model.graph();
     let producer = onnx::producers(g);
     let readers = onnx::Readers::of(g);
@@ -312,6 +305,22 @@ pub fn scores_on_integers(
         });
         sites.extend(site);
     }
+    sites
+}
+
+/// The graph with every masked heatmap computed on integers, and the Mul nodes that were;
+/// `None` when it has none. For a quantized graph (the logits come from a
+/// DequantizeLinear), CPU only: the sigmoid gets a Q/DQ pair on the fixed grid of 1/255 (ONNX
+/// Runtime fuses it into a table lookup), the Transposes move uint8, the boolean mask is cast
+/// to uint8 instead of float and the Mul of the two runs as an integer multiply onto the same
+/// grid; a TopK the product reaches through shape-only ops ranks those integers. On CenterNet
+/// this replaces a dequantize, a float sigmoid, a cast and a multiply over 80x128x128 values.
+/// A Mul or Sigmoid that `skip` names (an excluded layer) is left alone.
+pub fn scores_on_integers(
+    model: &Model,
+    skip: impl Fn(&pb::NodeProto) -> bool,
+) -> Option<(Model, Vec<String>)> {
+    let sites = masked_score_sites(model, skip);
     if sites.is_empty() {
         return None;
     }

@@ -390,6 +390,10 @@ fn dequantize(
 }
 
 /// The nodes replacing the convolution, their new initializers and the description.
+///
+/// It stays one function of about 160 lines: it writes one chain of nodes (pad, group, the
+/// grouped convolution, ungroup) whose names, shapes and quantization parameters each step
+/// takes from the one before, and split apart the steps would pass a dozen values along.
 fn rewrite(
     g: &pb::GraphProto,
     s: &Site,

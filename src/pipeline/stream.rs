@@ -19,7 +19,7 @@ use super::supervisor::{Ingest, Outlet};
 use crate::ingest::IngestError;
 use crate::models::Detector;
 use crate::preprocess::Preprocessor;
-use crate::sinks::draw::{Region, Trail};
+use crate::draw::{Region, Trail};
 use crate::sinks::tracks::{CountRecord, IdentifiedRecord, TrackRecord, TracksFile};
 use crate::sinks::Overlay;
 use crate::sinks::{events::EventRecord, events::JsonlSink, video::AnnotatedVideo, Sink};

@@ -1,6 +1,5 @@
 //! Sinks: where a frame's results go. The last stage of the pipeline; nothing flows back.
 
-pub mod draw;
 pub mod events;
 pub mod tracks;
 pub mod video;
@@ -16,7 +15,7 @@ pub enum SinkError {
     Video { path: String, reason: String },
 }
 
-pub use draw::Overlay;
+pub use crate::draw::Overlay;
 
 pub trait Sink: Send {
     /// One frame's results; `overlay` is what annotated outputs draw besides the boxes.

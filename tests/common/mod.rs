@@ -4,6 +4,7 @@
 
 pub mod live;
 pub mod mqtt;
+pub mod optimize;
 pub mod yolo_graph;
 
 use std::path::{Path, PathBuf};

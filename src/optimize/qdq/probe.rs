@@ -13,10 +13,10 @@ use crate::onnx::{self, pb, DataType, Model};
 /// from a per-tensor DequantizeLinear and whose only path out (through Relu or Clip) ends at a
 /// QuantizeLinear, and gives its float weights one symmetric per-tensor int8 scale, so that the
 /// node fuses into a QLinearConv. A layer kept in float there would run int8 after all, with
-/// a coarser grid than the per-channel one this quantizer would have used: CenterNet with
-/// float weights in every convolution between its int8 activations read agreement mAP50 0.85
-/// with the runtime's graph optimizations off and 0.32 with them on. [`super::quantize`] leaves none
-/// of these: a layer it keeps in float reads and writes float tensors.
+/// a coarser grid than the per-channel one this quantizer would have used, and lose far more
+/// than it would in int8 (docs/optimize-findings.md, "Figures behind the code").
+/// [`super::quantize`] leaves none of these: a layer it keeps in float reads and writes float
+/// tensors.
 pub fn runtime_requantized(model: &Model) -> Vec<String> {
     let g = model.graph();
     let producer = onnx::producers(g);

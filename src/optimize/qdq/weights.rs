@@ -371,7 +371,8 @@ fn set_bias(node: &mut pb::NodeProto, t: String) {
 /// channel it multiplies. Subtracted from the bias, it leaves the layer's mean output as in FP32
 /// (Nagel et al., "Data-Free Quantization", 2019, bias correction). It matters most for
 /// BatchNorm-folded depthwise kernels: large weights that nearly cancel on a near-constant
-/// input, where rounding alone moved CenterNet's heatmap to a cosine of 0.97 with FP32.
+/// input, where rounding alone moves a heatmap well away from FP32 (docs/optimize-findings.md,
+/// "Figures behind the code").
 ///
 /// `error` is `w_q − w` in the weight's own layout; `None` when `mean` does not fit it.
 pub fn rounding_shift(

@@ -9,7 +9,8 @@ use opencv::imgproc;
 
 use crate::cvmat::mat_over_mut;
 use crate::detection::Detection;
-use crate::frame::YuvMatrix;
+use crate::frame::{Frame, PixelFormat, YuvMatrix};
+use gstreamer_video as gst_video;
 
 /// What the annotated outputs draw besides the boxes: the recent path of each track, and the
 /// stream's zones and lines with their live counts.
@@ -355,6 +356,52 @@ pub fn draw_i420(
         paint(mat, &shapes, i > 0, &ink, text, &style)?;
     }
     Ok(())
+}
+
+/// An unpadded copy of `frame` laid out as `info` says (same format; `info` may drop an odd last
+/// column or row), with `dets` drawn on it.
+pub fn annotated_copy(
+    frame: &Frame,
+    info: &gst_video::VideoInfo,
+    matrix: &YuvMatrix,
+    dets: &[Detection],
+    overlay: &Overlay,
+) -> opencv::Result<Vec<u8>> {
+    let (w, h) = (info.width(), info.height());
+    // The decoded buffer is read-only and padded; draw on an unpadded copy. In both formats
+    // plane i starts with component i, so its rows hold that component's pixels.
+    let mut data = vec![0u8; info.size()];
+    for i in 0..info.n_planes() as usize {
+        let c = i as u8;
+        let n = info.comp_height(c) as usize;
+        let bytes = info.comp_width(c) as usize * info.comp_pstride(c) as usize;
+        let (src, src_stride) = (frame.plane(i), frame.plane_stride(i));
+        let (off, dst_stride) = (info.offset()[i], info.stride()[i] as usize);
+        for y in 0..n {
+            data[off + y * dst_stride..off + y * dst_stride + bytes]
+                .copy_from_slice(&src[y * src_stride..y * src_stride + bytes]);
+        }
+    }
+    match frame.format() {
+        PixelFormat::Rgb => draw_rgb(&mut data, (w, h, info.stride()[0] as usize), dets, overlay)?,
+        PixelFormat::I420 => {
+            let (o, s) = (info.offset(), info.stride());
+            let (y, rest) = data.split_at_mut(o[1]);
+            let (u, v) = rest.split_at_mut(o[2] - o[1]);
+            let plane = |data, i: usize| Plane {
+                data,
+                stride: s[i] as usize,
+            };
+            draw_i420(
+                [plane(y, 0), plane(u, 1), plane(v, 2)],
+                (w, h),
+                matrix,
+                dets,
+                overlay,
+            )?
+        }
+    }
+    Ok(data)
 }
 
 #[cfg(test)]
