@@ -414,3 +414,43 @@ fn bench_times_an_artifact_against_its_source() {
         stderr(&o)
     );
 }
+
+/// An FP32 artifact of CenterNet runs its 20 hard-swishes as single HardSwish ops (ONNX Runtime
+/// fuses none of TF's four-node form), agrees with the source, and `run` uses it.
+#[test]
+fn fp32_artifact_fuses_hard_swish() {
+    let cn = "models/cache/centernet-mobilenetv3.onnx";
+    asset(cn);
+    let tmp = tempfile::tempdir().unwrap();
+    let art = tmp.path().join("cn-fp32");
+    optimize_ok(
+        &[cn, "--precision", "fp32", "--runs", "3"],
+        &art,
+        &shared_cache(),
+    );
+    let m = Model::load(&art.join("model.onnx")).unwrap();
+    let n = |op: &str| m.graph().node.iter().filter(|n| n.op_type() == op).count();
+    assert_eq!(n("HardSwish"), 20);
+    assert_eq!(m.opset(), 14);
+    let a = artifact(&art);
+    let figures = a["figures"].as_array().unwrap();
+    let labels: Vec<&str> = figures
+        .iter()
+        .map(|f| f["precision"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["fp32", "fp32 (rewritten)"]);
+    let map = figures[1]["fidelity"]["map50"].as_float().unwrap();
+    assert!(
+        map >= 0.99,
+        "the rewritten graph finds what the source finds: {map}"
+    );
+    let rewrites = rewrites(&a);
+    assert_eq!(rewrites.len(), 20, "{rewrites:?}");
+    assert!(rewrites[0].contains("read as 1/6"), "{rewrites:?}");
+
+    let labels = bus_labels(&art, &tmp.path().join("run"));
+    assert!(
+        labels.iter().any(|l| l == "bus") && labels.iter().any(|l| l == "person"),
+        "{labels:?}"
+    );
+}

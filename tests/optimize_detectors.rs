@@ -37,46 +37,6 @@ fn reconstruct_leaves_blazeface_output_layers_rounded() {
     );
 }
 
-/// An FP32 artifact of CenterNet runs its 20 hard-swishes as single HardSwish ops (ONNX Runtime
-/// fuses none of TF's four-node form), agrees with the source, and `run` uses it.
-#[test]
-fn fp32_artifact_fuses_hard_swish() {
-    let cn = "models/cache/centernet-mobilenetv3.onnx";
-    asset(cn);
-    let tmp = tempfile::tempdir().unwrap();
-    let art = tmp.path().join("cn-fp32");
-    optimize_ok(
-        &[cn, "--precision", "fp32", "--runs", "3"],
-        &art,
-        &shared_cache(),
-    );
-    let m = Model::load(&art.join("model.onnx")).unwrap();
-    let n = |op: &str| m.graph().node.iter().filter(|n| n.op_type() == op).count();
-    assert_eq!(n("HardSwish"), 20);
-    assert_eq!(m.opset(), 14);
-    let a = artifact(&art);
-    let figures = a["figures"].as_array().unwrap();
-    let labels: Vec<&str> = figures
-        .iter()
-        .map(|f| f["precision"].as_str().unwrap())
-        .collect();
-    assert_eq!(labels, ["fp32", "fp32 (rewritten)"]);
-    let map = figures[1]["fidelity"]["map50"].as_float().unwrap();
-    assert!(
-        map >= 0.99,
-        "the rewritten graph finds what the source finds: {map}"
-    );
-    let rewrites = rewrites(&a);
-    assert_eq!(rewrites.len(), 20, "{rewrites:?}");
-    assert!(rewrites[0].contains("read as 1/6"), "{rewrites:?}");
-
-    let labels = bus_labels(&art, &tmp.path().join("run"));
-    assert!(
-        labels.iter().any(|l| l == "bus") && labels.iter().any(|l| l == "person"),
-        "{labels:?}"
-    );
-}
-
 /// CenterNet's INT8 artifact that the tests below read.
 fn cn_int8() -> PathBuf {
     asset(CN);
@@ -256,9 +216,10 @@ fn integer_peak_test_finds_the_exported_peaks() {
         m.save(&p).unwrap();
         p
     };
-    let (on_logits, lines) = quantized_for_cpu(&src, &inputs, &Exclusions::default(), tmp.path());
+    let stats = calibrated_on(&src, &inputs, tmp.path());
+    let (on_logits, lines) = quantized_for_cpu(&src, &stats, &Exclusions::default());
     assert!(lines.iter().any(|l| l.contains("peak test")), "{lines:?}");
-    let (kept, _) = quantized_for_cpu(&src, &inputs, &exported, tmp.path());
+    let (kept, _) = quantized_for_cpu(&src, &stats, &exported);
     node(&kept, pool);
     let images = [
         "assets/bus.jpg",
@@ -314,7 +275,7 @@ fn reconstruct_brings_centernet_int8_closer_to_fp32() {
     let src = Model::load(&file).unwrap();
     let cfg = EngineConfig::default();
     let names = |dir: &str, n: usize| images_in(dir, n);
-    let cal_names = names("calibration/street", 40);
+    let cal_names = names("calibration/street", 16);
     let cal_refs: Vec<&str> = cal_names.iter().map(String::as_str).collect();
     let cal = family_inputs(&file, "centernet", &cal_refs);
     let stats = calibrate::collect(&src, &cal, &cfg, tmp.path(), &|_, _| {}).unwrap();
@@ -331,7 +292,7 @@ fn reconstruct_brings_centernet_int8_closer_to_fp32() {
         &with,
         range,
         true,
-        &cal[..8],
+        &cal[..4],
         &cfg,
         tmp.path(),
         &|_, _| {},
@@ -348,7 +309,7 @@ fn reconstruct_brings_centernet_int8_closer_to_fp32() {
     assert!(line.contains("of 89 int8 convolutions"), "{line}");
     assert!(!line.contains("write the graph's outputs"), "{line}");
 
-    let held_names = names("calibration/heldout/street", 40);
+    let held_names = names("calibration/heldout/street", 24);
     let held_refs: Vec<&str> = held_names.iter().map(String::as_str).collect();
     let held = family_inputs(&file, "centernet", &held_refs);
     let mut fp32 = Engine::load(&file, &cfg).unwrap();
@@ -365,6 +326,10 @@ fn reconstruct_brings_centernet_int8_closer_to_fp32() {
     let (plain, fit) = (
         agreement(rounded, "rounded.onnx"),
         agreement(fitted, "fitted.onnx"),
+    );
+    eprintln!(
+        "agreement mAP50 on {} held-out frames: fitted {fit:.4}, rounded {plain:.4}",
+        held.len()
     );
     assert!(fit > plain + 0.05, "fitted {fit}, rounded {plain}");
 }

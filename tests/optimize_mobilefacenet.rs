@@ -1,6 +1,6 @@
 //! `edgesight optimize` on MobileFaceNet, a small float face embedder calibrated on face chips
-//! and measured on held-out chips of the same people. One INT8 artifact is built per run of
-//! this file and each test reads one property of it.
+//! and measured on held-out chips of the same people. Each artifact is built once per run of
+//! this file, and each test reads one property of it.
 
 mod common;
 use common::optimize::*;
@@ -10,17 +10,25 @@ use std::path::PathBuf;
 
 use edgesight::onnx::{self, Model};
 
+/// MobileFaceNet with `--keep-accuracy 0.99 --reconstruct`: the search's choices, and the fit
+/// that follows them, read by the two tests below.
+fn mfn_mixed() -> PathBuf {
+    asset(MFN);
+    let args = [
+        MFN,
+        "--keep-accuracy",
+        "0.99",
+        "--reconstruct",
+        "--runs",
+        "3",
+    ];
+    shared_artifact("mfn-mixed", &args)
+}
+
 /// `--keep-accuracy`: the most sensitive layers go back to float until the target holds.
 #[test]
 fn keep_accuracy_finds_the_sensitive_layers() {
-    asset(MFN);
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("mfn-mixed");
-    optimize_ok(
-        &[MFN, "--keep-accuracy", "0.99", "--runs", "3"],
-        &out,
-        &shared_cache(),
-    );
+    let out = mfn_mixed();
     let a = artifact(&out);
     let excluded = a["excluded"].as_array().unwrap();
     // Plain INT8 falls short of 0.99 here, so something must have gone back to float, but not
@@ -208,21 +216,7 @@ fn excluded_layers_stay_float() {
 /// int8 convolutions, and the fully quantized model beside it gets fits of its own.
 #[test]
 fn reconstruct_follows_the_accuracy_search() {
-    asset(MFN);
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("mfn-mixed-rec");
-    optimize_ok(
-        &[
-            MFN,
-            "--keep-accuracy",
-            "0.99",
-            "--reconstruct",
-            "--runs",
-            "3",
-        ],
-        &out,
-        &shared_cache(),
-    );
+    let out = mfn_mixed();
     let a = artifact(&out);
     let excluded: Vec<&str> = a["excluded"]
         .as_array()

@@ -252,10 +252,7 @@ fn path_to_topk<'g>(
 }
 
 /// The masked heatmaps of a quantized graph that [`scores_on_integers`] can move onto integers.
-fn masked_score_sites(
-    model: &Model,
-    skip: impl Fn(&pb::NodeProto) -> bool,
-) -> Vec<MaskedScores> {
+fn masked_score_sites(model: &Model, skip: impl Fn(&pb::NodeProto) -> bool) -> Vec<MaskedScores> {
     let g = model.graph();
     let producer = onnx::producers(g);
     let readers = onnx::Readers::of(g);

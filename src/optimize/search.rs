@@ -137,7 +137,7 @@ impl<'a> Judge<'a> {
 
 /// Where the search ended.
 pub struct Searched {
-    /// What the forward pass left in float (the reconstruction fits the rest).
+    /// What the search left in float (the reconstruction fits the rest).
     pub exclude: Exclusions,
     pub model: Model,
     pub report: QdqReport,
@@ -260,8 +260,8 @@ impl AccuracySearch<'_> {
 
     /// A unit kept early may no longer be needed once later ones are in float (their errors
     /// overlapped). Each goes back to int8 if the whole model holds the target without it, or,
-    /// short of the target, loses nothing. The model and report follow; the exclusions stay
-    /// the forward pass's.
+    /// short of the target, loses nothing. The exclusions, model and report follow, so that
+    /// the reconstruction fits exactly the layers the search left in int8.
     fn backward(
         &self,
         at: &mut Searched,
@@ -284,7 +284,7 @@ impl AccuracySearch<'_> {
                 tracing::info!(unit = %sensitivity[u].layer, fidelity = tfid, "back to int8");
                 sensitivity[u].kept_in_float = false;
                 kept.retain(|&k| k != u);
-                (at.model, at.report, fid) = (tq, trep, tfid);
+                (at.exclude, at.model, at.report, fid) = (trial, tq, trep, tfid);
             }
         }
         if fid < self.target {

@@ -14,10 +14,10 @@ use gstreamer_app as gst_app;
 
 use gstreamer_video as gst_video;
 
-use crate::draw::{annotated_copy, Overlay};
 use super::{Sink, SinkError};
 use crate::detection::Detection;
-use crate::frame::{Frame, PixelFormat, YuvMatrix};
+use crate::draw::{annotated_copy, Overlay};
+use crate::frame::{Frame, YuvMatrix};
 
 pub struct AnnotatedVideo {
     path: PathBuf,
@@ -343,4 +343,3 @@ pub fn annotated(
         .map_err(|e| e.to_string())?;
     Ok((data, info))
 }
-

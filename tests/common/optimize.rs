@@ -3,7 +3,7 @@
 //! directly where a test needs a quantized graph but none of the measurements.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::*;
 use edgesight::onnx::{pb, Model};
@@ -204,44 +204,60 @@ pub fn shared_cache() -> PathBuf {
 }
 
 /// The artifact `optimize ARGS` makes, built by the first test that asks for `name` and shared
-/// by the rest; a failed build fails every test that asks.
+/// by the rest (which wait for it); a failed build fails every test that asks.
 pub fn shared_artifact(name: &str, args: &[&str]) -> PathBuf {
-    static BUILT: Mutex<Vec<(String, Result<PathBuf, String>)>> = Mutex::new(Vec::new());
-    // One build at a time: the tests that wait for an artifact would only slow its build.
-    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, r)) = built.iter().find(|(n, _)| n == name) {
-        return r.clone().unwrap_or_else(|e| panic!("{name}: {e}"));
-    }
-    let out = shared_dir().join(name);
-    let mut a = args.to_vec();
-    a.extend(["--out", out.to_str().unwrap()]);
-    let o = optimize(&a, &shared_cache());
-    let r = if o.status.success() {
-        Ok(out)
-    } else {
-        Err(stderr(&o))
+    type Built = Arc<OnceLock<Result<PathBuf, String>>>;
+    static BUILT: Mutex<Vec<(String, Built)>> = Mutex::new(Vec::new());
+    let cell: Built = {
+        let mut all = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+        match all.iter().find(|(n, _)| n == name) {
+            Some((_, c)) => c.clone(),
+            None => {
+                let c = Built::default();
+                all.push((name.to_string(), c.clone()));
+                c
+            }
+        }
     };
-    built.push((name.to_string(), r.clone()));
-    r.unwrap_or_else(|e| panic!("{name}: {e}"))
+    let built = cell.get_or_init(|| {
+        let out = shared_dir().join(name);
+        let mut a = args.to_vec();
+        a.extend(["--out", out.to_str().unwrap()]);
+        let o = optimize(&a, &shared_cache());
+        if o.status.success() {
+            Ok(out)
+        } else {
+            Err(stderr(&o))
+        }
+    });
+    built.clone().unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
-/// `model` quantized for this CPU as `optimize` quantizes it (percentile ranges calibrated on
-/// `inputs`, then the CPU rewrites), with `exclude` kept in float, and none of the measurements.
-pub fn quantized_for_cpu(
+/// Calibration statistics of `model` over `inputs`, as `optimize` collects them.
+pub fn calibrated_on(
     model: &Model,
     inputs: &[edgesight::tensor::Tensor],
-    exclude: &edgesight::optimize::qdq::Exclusions,
     scratch: &Path,
-) -> (Model, Vec<String>) {
+) -> edgesight::optimize::calibrate::Statistics {
     use edgesight::engine::EngineConfig;
+    let cfg = EngineConfig::default();
+    edgesight::optimize::calibrate::collect(model, inputs, &cfg, scratch, &|_, _| {}).unwrap()
+}
+
+/// `model` quantized for this CPU as `optimize` quantizes it (percentile ranges from `stats`,
+/// then the CPU rewrites), with `exclude` kept in float, and none of the measurements; the
+/// graph and its rewrites.
+pub fn quantized_for_cpu(
+    model: &Model,
+    stats: &edgesight::optimize::calibrate::Statistics,
+    exclude: &edgesight::optimize::qdq::Exclusions,
+) -> (Model, Vec<String>) {
     use edgesight::optimize::weights::WeightRange;
-    use edgesight::optimize::{calibrate, qdq, quantizer::Quantizer, rewrites};
+    use edgesight::optimize::{qdq, quantizer::Quantizer, rewrites};
     use edgesight::optimize::{Precision, Target};
-    let stats =
-        calibrate::collect(model, inputs, &EngineConfig::default(), scratch, &|_, _| {}).unwrap();
     let method = "percentile:99.99".parse().unwrap();
     let act = qdq::ActivationType::U8Asymmetric;
-    let q = Quantizer::new(model, &stats, method, act, WeightRange::for_this_cpu());
+    let q = Quantizer::new(model, stats, method, act, WeightRange::for_this_cpu());
     let (m, report) = q.rounded(exclude).unwrap();
     let (m, done) = rewrites::for_target(m, Precision::Int8, Target::Cpu, &stats.shapes);
     let mut lines = report.rewrites;
