@@ -3,7 +3,8 @@
 //! inference stage, and so one batch.
 //!
 //! ```no_run
-//! use edgesight::pipeline::{runner::{Runner, RunnerSpec, StreamSpec}, StatusBoard, RunSpec};
+//! use edgesight::pipeline::runner::{Runner, RunnerSpec};
+//! use edgesight::pipeline::{stream_spec::StreamSpec, RunSpec, StatusBoard};
 //! use edgesight::models::Manifest;
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let mut runner = Runner::new(RunnerSpec::default(), StatusBoard::new(vec![]));

@@ -197,6 +197,13 @@ fn shared_dir() -> &'static Path {
     })
 }
 
+/// A folder of this name in the shared folder, created when missing.
+pub fn shared_folder(name: &str) -> PathBuf {
+    let dir = shared_dir().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// The calibration cache the shared artifacts use: one model's statistics serve every
 /// artifact of it in this binary.
 pub fn shared_cache() -> PathBuf {
