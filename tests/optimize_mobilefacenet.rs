@@ -40,19 +40,33 @@ fn mfn_mixed() -> PathBuf {
     shared_artifact("mfn-mixed", &args)
 }
 
-/// `--keep-accuracy`: the most sensitive layers go back to float until the target holds.
-#[test]
-fn keep_accuracy_finds_the_sensitive_layers() {
-    let out = mfn_mixed();
-    let a = artifact(&out);
+/// The artifact's excluded layers and the units of its sensitivity list.
+fn search_of(a: &toml::Value) -> (Vec<String>, Vec<toml::Value>) {
     let excluded = a["excluded"].as_array().unwrap();
-    // Plain INT8 falls short of 0.99 here, so something must have gone back to float, but not
-    // much.
-    assert!(!excluded.is_empty() && excluded.len() <= 30, "{excluded:?}");
-    let sens = a["sensitivity"].as_array().unwrap();
-    // 52 Conv and 45 Add. The 33 Relus of the PReLUs share their input with an Abs, so there
-    // is no quantized op to fold them into: they run in float and are no candidates. Then one
-    // figure per quantized activation, rounded alone.
+    let excluded = excluded.iter().map(|e| e.as_str().unwrap().to_string());
+    let sens = a["sensitivity"].as_array().unwrap().clone();
+    (excluded.collect(), sens)
+}
+
+/// Whether keeping `e` in float keeps unit `u` in float: a node unit by its name, an
+/// activation by its writer and readers.
+fn covers(m: &Model, u: &str, e: &str) -> bool {
+    match u.strip_prefix("activation ") {
+        Some(t) => m
+            .graph()
+            .node
+            .iter()
+            .any(|n| n.name() == e && n.input.iter().chain(&n.output).any(|i| i == t)),
+        None => e == u,
+    }
+}
+
+/// One sensitivity figure per computing node (52 Conv and 45 Add; the PReLUs' Relus share
+/// their input with an Abs and stay float, no candidates) and one per quantized activation,
+/// rounded alone.
+#[test]
+fn search_measures_every_node_and_activation_alone() {
+    let (_, sens) = search_of(&artifact(&mfn_mixed()));
     let activations = sens
         .iter()
         .filter(|s| s["layer"].as_str().unwrap().starts_with("activation "))
@@ -64,43 +78,43 @@ fn keep_accuracy_finds_the_sensitive_layers() {
     );
     assert!(
         activations >= 97,
-        "one figure per quantized activation: {activations}"
+        "one per quantized activation: {activations}"
     );
-    // The layers kept in float are the ones that hurt most alone.
-    let mut by_fid: Vec<(f64, String)> = sens
+    assert!(mfn_mixed().join("sensitivity.svg").is_file());
+}
+
+/// Plain INT8 falls short of 0.99 here: the most sensitive unit goes back to float, and not
+/// much else does.
+#[test]
+fn search_keeps_the_most_sensitive_unit_in_float() {
+    let out = mfn_mixed();
+    let (excluded, sens) = search_of(&artifact(&out));
+    assert!(!excluded.is_empty() && excluded.len() <= 30, "{excluded:?}");
+    let worst = sens
         .iter()
-        .map(|s| {
-            (
-                s["fidelity"].as_float().unwrap(),
-                s["layer"].as_str().unwrap().to_string(),
-            )
+        .min_by(|x, y| {
+            x["fidelity"]
+                .as_float()
+                .unwrap()
+                .total_cmp(&y["fidelity"].as_float().unwrap())
         })
-        .collect();
-    by_fid.sort_by(|x, y| x.0.total_cmp(&y.0));
+        .unwrap()["layer"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let m = Model::load(&out.join("model.onnx")).unwrap();
-    // A node unit is kept in float by name; an activation by its writer and readers.
-    let worst = &by_fid[0].1;
-    let kept = match worst.strip_prefix("activation ") {
-        Some(t) => m.graph().node.iter().any(|n| {
-            n.input.iter().any(|i| i == t) && excluded.iter().any(|e| e.as_str() == Some(n.name()))
-        }),
-        None => excluded.iter().any(|e| e.as_str() == Some(worst.as_str())),
-    };
     assert!(
-        kept,
+        excluded.iter().any(|e| covers(&m, &worst, e)),
         "the most sensitive unit, {worst}, is kept in float: {excluded:?}"
     );
-    // The units marked as kept are the ones the artifact keeps in float, and nothing else is.
-    let touches = |t: &str, e: &str| {
-        m.graph()
-            .node
-            .iter()
-            .any(|n| n.name() == e && n.input.iter().chain(&n.output).any(|i| i == t))
-    };
-    let covers = |u: &str, e: &str| match u.strip_prefix("activation ") {
-        Some(t) => touches(t, e),
-        None => e == u,
-    };
+}
+
+/// The units marked as kept are exactly those the artifact keeps in float.
+#[test]
+fn kept_units_are_exactly_the_excluded_layers() {
+    let out = mfn_mixed();
+    let (excluded, sens) = search_of(&artifact(&out));
+    let m = Model::load(&out.join("model.onnx")).unwrap();
     let marked: Vec<&str> = sens
         .iter()
         .filter(|s| s["kept_in_float"].as_bool() == Some(true))
@@ -109,33 +123,44 @@ fn keep_accuracy_finds_the_sensitive_layers() {
     assert!(!marked.is_empty());
     for u in &marked {
         assert!(
-            excluded.iter().any(|e| covers(u, e.as_str().unwrap())),
+            excluded.iter().any(|e| covers(&m, u, e)),
             "{u} is marked as kept but not excluded: {excluded:?}"
         );
     }
-    for e in excluded {
-        let e = e.as_str().unwrap();
+    for e in &excluded {
         assert!(
-            marked.iter().any(|u| covers(u, e)),
+            marked.iter().any(|u| covers(&m, u, e)),
             "{e} is excluded by no kept unit: {marked:?}"
         );
     }
-    assert!(out.join("sensitivity.svg").is_file());
-    // The excluded layers kept their float weights in the saved graph.
-    for e in excluded {
-        let n = node(&m, e.as_str().unwrap());
+}
+
+/// The excluded layers kept their float weights in the saved graph.
+#[test]
+fn excluded_layers_keep_float_weights() {
+    let out = mfn_mixed();
+    let (excluded, _) = search_of(&artifact(&out));
+    let m = Model::load(&out.join("model.onnx")).unwrap();
+    for e in &excluded {
+        let n = node(&m, e);
         assert!(
             n.input.iter().all(|i| !i.contains("__wdq")),
             "{} still quantized",
             n.name()
         );
     }
+}
+
+/// The report measures the model before the search too, on the same held-out frames: what
+/// the units kept in float bought.
+#[test]
+fn search_reaches_the_target_and_reports_what_it_bought() {
+    let out = mfn_mixed();
+    let a = artifact(&out);
     let fid = int8_figures(&a)["fidelity"]["mean_cosine"]
         .as_float()
         .unwrap();
     assert!(fid >= 0.985, "held-out fidelity {fid}");
-    // The report also measures the model before the search, on the same held-out frames: what
-    // the units kept in float bought.
     let figures = a["figures"].as_array().unwrap();
     let labels: Vec<&str> = figures
         .iter()
@@ -147,8 +172,12 @@ fn keep_accuracy_finds_the_sensitive_layers() {
     assert!(!figures[1]["kernels"].as_array().unwrap().is_empty());
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("| int8 (every layer) |"), "{report}");
-    // Nothing of the search is left in the artifact.
-    let mut files: Vec<String> = std::fs::read_dir(&out)
+}
+
+/// Nothing of the search (candidates, traces) is left in the artifact.
+#[test]
+fn nothing_of_the_search_is_left_in_the_artifact() {
+    let mut files: Vec<String> = std::fs::read_dir(mfn_mixed())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();

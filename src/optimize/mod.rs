@@ -7,8 +7,11 @@
 //! `artifact.toml` (what was done, from what, with which figures) and `report.md` with its
 //! plots; `edgesight run --model-dir DIR` consumes it.
 //!
-//! The work happens in a scratch folder next to `--out`, renamed into place only once
-//! everything succeeded: a failure leaves no half-written artifact.
+//! [`run`] is a sequence of steps, a file each: [`workspace`] (a scratch folder next to
+//! `--out`, renamed into place only once everything succeeded), [`images`], the INT8 arm
+//! ([`int8`]: [`calibrate::calibrated`], [`quantizer`], [`search`], [`reconstruct`]),
+//! [`rewrites`], [`ceiling`], [`measure`], then [`assemble`], [`artifact`] and [`report`].
+//! Tests and tools can call any step on its own.
 
 pub mod align;
 pub mod artifact;

@@ -51,11 +51,6 @@ impl<'g> GraphIndex<'g> {
                 .get(t)
                 .is_some_and(|&p| self.graph.node[p].op_type() == "Constant")
     }
-
-    /// The op type of the node that writes `t`.
-    pub fn writer(&self, t: &str) -> Option<&'g pb::NodeProto> {
-        self.producer.get(t).map(|&p| &self.graph.node[p])
-    }
 }
 
 /// The tensor behind `t` when it is a constant: an initializer or a Constant node's value.
