@@ -1,5 +1,13 @@
 //! One annotated frame as a JPEG, for pictures in reports (`optimize`'s comparison of FP32 and
 //! the optimized model): `appsrc ! videoconvert ! jpegenc ! filesink`.
+//!
+//! ```no_run
+//! use edgesight::optimize::calibrate::decode_image;
+//! use edgesight::picture::write_jpeg;
+//! let frame = decode_image("assets/bus.jpg".as_ref())?;
+//! write_jpeg(&frame, &[], "/tmp/bus.jpg".as_ref())?; // no boxes: the frame as it is
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::path::Path;
 

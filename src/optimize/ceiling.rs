@@ -1,5 +1,16 @@
 //! Checks on the finished graph that a user should hear about: a score no int8 heatmap can
 //! reach, and float layers that ONNX Runtime would quantize on its own.
+//!
+//! ```no_run
+//! use edgesight::onnx::Model;
+//! use edgesight::optimize::ceiling::score_ceiling;
+//! let float = Model::load("models/cache/centernet-mobilenetv3.onnx".as_ref())?;
+//! let int8 = Model::load("out/optimize/centernet-int8-cpu/model.onnx".as_ref())?;
+//! if let Some(top) = score_ceiling(&float, &int8) {
+//!     println!("no score above {top:.3}: keep the threshold below it");
+//! }
+//! # Ok::<(), edgesight::onnx::OnnxError>(())
+//! ```
 
 use super::{peaks, qdq};
 use crate::onnx::Model;

@@ -1,5 +1,22 @@
 //! One model with one calibration, quantized again and again with other exclusions and
 //! weight presets: what the accuracy search and the reconstruction vary.
+//!
+//! ```no_run
+//! use edgesight::engine::EngineConfig;
+//! use edgesight::onnx::Model;
+//! use edgesight::optimize::qdq::{ActivationType, Exclusions};
+//! use edgesight::optimize::{calibrate, quantizer::Quantizer, weights::WeightRange};
+//! # fn inputs() -> Vec<edgesight::tensor::Tensor> { vec![] }
+//! let model = Model::load("models/cache/mobilefacenet.onnx".as_ref())?;
+//! let cfg = EngineConfig::default();
+//! let stats = calibrate::collect(&model, &inputs(), &cfg, "/tmp".as_ref(), &|_, _| {})?;
+//! let method = "percentile:99.99".parse().unwrap();
+//! let act = ActivationType::U8Asymmetric;
+//! let q = Quantizer::new(&model, &stats, method, act, WeightRange::for_this_cpu());
+//! let (int8, report) = q.rounded(&Exclusions::default())?;
+//! println!("{} layers in int8", report.quantized_layers.len());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::collections::HashMap;
 

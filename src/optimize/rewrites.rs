@@ -1,6 +1,18 @@
 //! The graph rewrites for the CPU runtime that follow quantization, in order. Each computes
 //! the same function (or, for the int8 layouts, the same integers), so they change no figure
 //! but speed; each returns what it did, for the artifact's list of rewrites.
+//!
+//! ```no_run
+//! use std::collections::HashMap;
+//! use edgesight::onnx::Model;
+//! use edgesight::optimize::{rewrites, Precision, Target};
+//! let fp32 = Model::load("models/cache/centernet-mobilenetv3.onnx".as_ref())?;
+//! let (fused, done) = rewrites::for_target(fp32, Precision::Fp32, Target::Cpu, &HashMap::new());
+//! for line in &done {
+//!     println!("{line}"); // one line per hard-swish fused into one op
+//! }
+//! # Ok::<(), edgesight::onnx::OnnxError>(())
+//! ```
 
 use std::collections::HashMap;
 
