@@ -14,6 +14,19 @@ fn photo(rel: &str) -> String {
     p.to_string_lossy().into_owned()
 }
 
+/// Enrolls Obama from one photo into the gallery at `g`, through the real CLI.
+fn enroll_obama(g: &Path) {
+    ok(&edgesight(&[
+        "faces",
+        "--gallery",
+        g.to_str().unwrap(),
+        "enroll",
+        "--name",
+        "obama",
+        &photo("calibration/faces/facerec-obama3.jpg"),
+    ]));
+}
+
 fn ok(o: &std::process::Output) {
     assert!(
         o.status.success(),
@@ -141,15 +154,7 @@ fn a_running_pipeline_names_a_person_enrolled_meanwhile() {
         assert!(t0.elapsed() < Duration::from_secs(30), "no track started");
         std::thread::sleep(Duration::from_millis(100));
     }
-    ok(&edgesight(&[
-        "faces",
-        "--gallery",
-        g.to_str().unwrap(),
-        "enroll",
-        "--name",
-        "obama",
-        &photo("calibration/faces/facerec-obama3.jpg"),
-    ]));
+    enroll_obama(&g);
     let enrolled_at = events(&out).len();
     let status = run.wait().unwrap();
     assert!(status.success());
@@ -177,15 +182,7 @@ fn a_running_pipeline_names_a_person_enrolled_meanwhile() {
 fn faces_inside_person_boxes_name_the_person_track() {
     let dir = tempfile::tempdir().unwrap();
     let g = dir.path().join("faces.db");
-    ok(&edgesight(&[
-        "faces",
-        "--gallery",
-        g.to_str().unwrap(),
-        "enroll",
-        "--name",
-        "obama",
-        &photo("calibration/faces/facerec-obama3.jpg"),
-    ]));
+    enroll_obama(&g);
     let out = dir.path().join("out");
     let pipeline = dir.path().join("persons.toml");
     std::fs::write(
@@ -251,15 +248,7 @@ fn identified_events_reach_mqtt() {
     let sub = Subscriber::start(broker.port);
     let dir = tempfile::tempdir().unwrap();
     let g = dir.path().join("faces.db");
-    ok(&edgesight(&[
-        "faces",
-        "--gallery",
-        g.to_str().unwrap(),
-        "enroll",
-        "--name",
-        "obama",
-        &photo("calibration/faces/facerec-obama3.jpg"),
-    ]));
+    enroll_obama(&g);
     let file = dir.path().join("door.toml");
     std::fs::write(
         &file,

@@ -114,10 +114,11 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
     // Measured but not part of the artifact: it lives in a folder of its own.
     let every_dir = temp_dir()?;
     let every_path = every_dir.path().join("every-layer.onnx");
-    if let Some(m) = &every_layer {
+    let measure_every_layer = every_layer.is_some();
+    if let Some(m) = every_layer {
         let m = match spec.target {
-            Target::Cpu => rewrites::int8_layouts(m.clone(), shapes).0,
-            Target::Tensorrt => m.clone(),
+            Target::Cpu => rewrites::int8_layouts(m, shapes).0,
+            Target::Tensorrt => m,
         };
         m.save(&every_path)?;
     }
@@ -131,7 +132,7 @@ pub fn run(spec: &OptimizeSpec, progress: ProgressFn) -> Result<Outcome, Optimiz
     };
     let candidates = Candidates {
         model: &model_path,
-        every_layer: every_layer.map(|_| every_path.as_path()),
+        every_layer: measure_every_layer.then_some(every_path.as_path()),
         rewritten: spec.precision == Precision::Fp32 && !rewrites.is_empty(),
     };
     let measured = bench.measure(fp32, &candidates)?;
